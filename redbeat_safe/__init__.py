@@ -1,0 +1,24 @@
+"""redbeat_safe: a Celery beat scheduler that is safe to run in many instances at once."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .definitions import DefinitionError  # noqa: E402
+from .schedules import ScheduleError, every, pattern  # noqa: E402
+
+
+def __getattr__(name: str) -> object:
+    # Celery is imported only when the scheduler or the API is used.
+    if name == "Scheduler":
+        from .scheduler import Scheduler
+
+        return Scheduler
+    if name == "Schedules":
+        from .api import Schedules
+
+        return Schedules
+    raise AttributeError(name)
+
+
+__all__ = ["Scheduler", "Schedules", "every", "pattern", "DefinitionError", "ScheduleError", "__version__"]

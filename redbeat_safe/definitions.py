@@ -1,0 +1,239 @@
+"""Entry definitions: validation, canonical JSON and Celery ``beat_schedule`` import.
+
+Everything is checked before anything is written: a definition that cannot be
+stored as plain JSON and read back identically is refused with a message
+that names the entry and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Mapping, Union
+from datetime import tzinfo
+
+from .schedules import Schedule, ScheduleError, from_celery, pattern
+
+MAX_NAME_LENGTH = 200
+MAX_DEFINITION_BYTES = 256 * 1024
+BEAT_ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "relative"})
+
+_STR = (str,)
+_NUM = (int, float)
+#: apply_async options an entry may carry, with the types each accepts.
+OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "queue": _STR,
+    "routing_key": _STR,
+    "exchange": _STR,
+    "exchange_type": _STR,
+    "priority": (int,),
+    "expires": _NUM,
+    "headers": (dict,),
+    "serializer": _STR,
+    "compression": _STR,
+    "time_limit": _NUM,
+    "soft_time_limit": _NUM,
+    "ignore_result": (bool,),
+    "shadow": _STR,
+    "retry": (bool,),
+    "retry_policy": (dict,),
+    "delivery_mode": (int, str),
+    "countdown": _NUM,
+}
+
+
+class DefinitionError(ValueError):
+    """An entry that cannot be stored; the message names the entry and the problem."""
+
+
+def _check_text(value: Any, what: str, limit: int = MAX_NAME_LENGTH) -> str:
+    if not isinstance(value, str):
+        raise DefinitionError(f"{what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise DefinitionError(f"{what} is empty")
+    if len(value) > limit:
+        raise DefinitionError(f"{what} is {len(value)} characters long; the limit is {limit}")
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise DefinitionError(f"{what} contains the control or invalid character {bad!r}")
+    return value
+
+
+def check_name(name: Any) -> str:
+    return _check_text(name, "the entry name")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as JSON would give it back; refuse what JSON cannot carry exactly."""
+    if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DefinitionError(f"{where} contains text that is not valid UTF-8") from None
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DefinitionError(f"{where} contains {value!r}, which JSON cannot carry")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise DefinitionError(f"{where} has a non-string key {key!r}; JSON keys are strings")
+            out[_plain(key, where)] = _plain(item, where)
+        return out
+    raise DefinitionError(
+        f"{where} contains a {type(value).__name__} ({value!r:.60}); "
+        "definitions are stored as JSON, so use plain lists, dicts, strings, numbers, booleans and None"
+    )
+
+
+def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        allowed = OPTION_TYPES.get(key)
+        if allowed is None:
+            known = ", ".join(sorted(OPTION_TYPES))
+            raise DefinitionError(f"{where}: unknown option {key!r} (known: {known})")
+        if value is None:
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            raise DefinitionError(f"{where}: option {key!r} must be {allowed[0].__name__}, not bool")
+        if not isinstance(value, allowed):
+            names = " or ".join(t.__name__ for t in allowed)
+            raise DefinitionError(f"{where}: option {key!r} must be {names}, not {type(value).__name__}")
+        if key == "priority" and not 0 <= value <= 255:
+            raise DefinitionError(f"{where}: priority must be between 0 and 255")
+        if key in ("expires", "time_limit", "soft_time_limit", "countdown") and value < 0:
+            raise DefinitionError(f"{where}: option {key!r} must not be negative")
+        out[key] = _plain(value, f"{where}: option {key!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class EntryDef:
+    """One entry as stored: what to send and when."""
+
+    name: str
+    task: str
+    schedule: Schedule
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "schedule": self.schedule.to_json(),
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "options": self.options,
+        }
+
+    def to_json(self) -> str:
+        return canonical_json(self.body())
+
+    @property
+    def definition_hash(self) -> str:
+        return hashlib.sha1(self.to_json().encode("utf-8")).hexdigest()[:16]
+
+    @property
+    def schedule_hash(self) -> str:
+        return hashlib.sha1(canonical_json(self.schedule.to_json()).encode("utf-8")).hexdigest()[:16]
+
+    @classmethod
+    def from_json(cls, name: str, raw: Union[str, bytes]) -> EntryDef:
+        """Parse a stored definition; anything malformed raises DefinitionError."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DefinitionError(f"entry {name!r}: stored definition is not JSON ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("schedule"), dict):
+            raise DefinitionError(f"entry {name!r}: stored definition is not an entry object")
+        try:
+            schedule = Schedule.from_json(data["schedule"])
+        except (ScheduleError, KeyError, TypeError, ValueError) as exc:
+            raise DefinitionError(f"entry {name!r}: stored schedule is invalid ({exc})") from None
+        return build(name, data.get("task"), schedule, data.get("args", []), data.get("kwargs"), data.get("options"))
+
+
+def build(
+    name: Any,
+    task: Any,
+    schedule: Any,
+    args: Any = (),
+    kwargs: Any = None,
+    options: Any = None,
+    *,
+    relative: bool = False,
+    default_tz: Union[str, tzinfo, None] = None,
+) -> EntryDef:
+    """Validate one entry; raises DefinitionError naming it."""
+    check_name(name)
+    where = f"entry {name!r}"
+    try:
+        _check_text(task, "the task name", limit=1024)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{where}: {exc}") from None
+    try:
+        sched = from_celery(schedule, relative=relative)
+        if isinstance(sched, pattern) and sched.tz is None:
+            if default_tz is None:
+                raise ScheduleError("the pattern has no time zone and no default was given")
+            sched = sched.with_zone(default_tz)
+    except ScheduleError as exc:
+        raise DefinitionError(f"{where}: {exc}") from None
+    if args is None:
+        args = []
+    if not isinstance(args, (list, tuple)):
+        raise DefinitionError(f"{where}: args must be a list or tuple, not {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise DefinitionError(f"{where}: kwargs must be a dict, not {type(kwargs).__name__}")
+    if options is not None and not isinstance(options, dict):
+        raise DefinitionError(f"{where}: options must be a dict, not {type(options).__name__}")
+    entry = EntryDef(
+        name=name,
+        task=task,
+        schedule=sched,
+        args=_plain(list(args), f"{where}: args"),
+        kwargs=_plain(kwargs or {}, f"{where}: kwargs"),
+        options=_check_options(options or {}, where),
+    )
+    size = len(entry.to_json().encode("utf-8"))
+    if size > MAX_DEFINITION_BYTES:
+        raise DefinitionError(f"{where}: the definition is {size} bytes; the limit is {MAX_DEFINITION_BYTES}")
+    return entry
+
+
+def from_beat_entry(name: Any, spec: Any, default_tz: Union[str, tzinfo]) -> EntryDef:
+    """One ``beat_schedule`` item (a dict with task, schedule, ...)."""
+    check_name(name)
+    if not isinstance(spec, Mapping):
+        raise DefinitionError(f"entry {name!r}: a beat_schedule item must be a dict, not {type(spec).__name__}")
+    unknown = sorted(set(spec) - BEAT_ENTRY_KEYS)
+    if unknown:
+        raise DefinitionError(f"entry {name!r}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(BEAT_ENTRY_KEYS))})")
+    if "task" not in spec or "schedule" not in spec:
+        raise DefinitionError(f"entry {name!r}: needs both 'task' and 'schedule'")
+    return build(
+        name,
+        spec["task"],
+        spec["schedule"],
+        spec.get("args", ()),
+        spec.get("kwargs"),
+        spec.get("options"),
+        relative=bool(spec.get("relative", False)),
+        default_tz=default_tz,
+    )

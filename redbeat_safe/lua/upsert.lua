@@ -1,0 +1,64 @@
+-- Create or change entries, each as a compare-and-set on its definition version.
+-- KEYS: due, defs, state, static
+-- ARGV: count, then per entry 8 values:
+--   name, expected version ('-' = must not exist, '!' = its state is corrupt),
+--   definition JSON, definition
+--   hash, schedule hash, source ('static' | 'api'), next ('keep' = leave the
+--   current next tick alone, '' = the entry has no future tick, else ms),
+--   enabled ('1' | '0')
+-- Returns one status per entry: 'ok' or 'conflict' (re-read and try again).
+local now = now_ms()
+local out = {}
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  local b = 2 + i * 8
+  local name, expected, def, dh, sh, src, nxt, enabled =
+    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7] == '1'
+  local raw = redis.call('HGET', KEYS[3], name)
+  local st = load_state(raw)
+  local ok
+  if expected == '-' then
+    ok = (raw == false)
+  elseif expected == '!' then  -- overwrite a record that is not valid state
+    ok = (raw ~= false and st == nil)
+  else
+    ok = (st ~= nil and tostring(st.ver) == expected)
+  end
+  local score = redis.call('ZSCORE', KEYS[1], name)
+  if ok and st == nil then
+    redis.call('ZREM', KEYS[1], name)
+    score = false
+    st = {ver = 0, runs = 0, last = -1, hold = -1, done = false, ctime = now}
+  end
+  if ok then
+    -- what the next tick would be, before the enabled flag is applied
+    local target
+    if nxt == 'keep' then
+      if score then target = tonumber(score) elseif st.hold >= 0 then target = st.hold else target = nil end
+      if st.done then target = nil end
+    elseif nxt == '' then
+      target = nil
+    else
+      target = tonumber(nxt)
+      -- never move back onto or before a tick that was already claimed
+      if target <= st.last then ok = false end
+    end
+    if ok then
+      st.ver = st.ver + 1
+      st.dh, st.sh, st.src, st.mtime, st.enabled = dh, sh, src, now, enabled
+      st.done = (target == nil)
+      if target ~= nil and enabled then
+        redis.call('ZADD', KEYS[1], target, name)
+        st.hold = -1
+      else
+        redis.call('ZREM', KEYS[1], name)
+        st.hold = target or -1
+      end
+      redis.call('HSET', KEYS[2], name, def)
+      redis.call('HSET', KEYS[3], name, cjson.encode(st))
+      if src == 'static' then redis.call('SADD', KEYS[4], name) else redis.call('SREM', KEYS[4], name) end
+    end
+  end
+  out[#out + 1] = ok and 'ok' or 'conflict'
+end
+return out

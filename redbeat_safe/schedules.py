@@ -1,0 +1,379 @@
+"""Schedule objects: ``every`` and ``pattern``, their JSON form and tick arithmetic.
+
+A tick is an integer number of milliseconds since the epoch (UTC). Next ticks
+are always computed from the previous *nominal* tick, never from "now", so an
+``every`` entry never drifts and a restart keeps its phase.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from . import cron
+
+UTC = timezone.utc
+CatchupPolicy = Literal["coalesce", "skip", "all"]
+CATCHUP_POLICIES: tuple[str, ...] = ("coalesce", "skip", "all")
+MIN_INTERVAL_MS = 10
+MAX_INTERVAL_MS = 1000 * 365 * 24 * 3600 * 1000  # a thousand years
+#: datetime cannot represent year 10000; a tick beyond it means "never".
+MAX_TICK_MS = 253402300799000
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be honoured; the message says why."""
+
+
+def to_ms(value: datetime, what: str) -> int:
+    if not isinstance(value, datetime):
+        raise ScheduleError(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ScheduleError(f"{what} must be timezone-aware (got naive {value.isoformat()})")
+    return int(round(value.timestamp() * 1000))
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def zone_name(tz: Union[str, tzinfo, None]) -> str:
+    """IANA name of a zone given as a name or a tzinfo; refuses what is not IANA."""
+    if tz is None:
+        raise ScheduleError("no time zone given")
+    if isinstance(tz, str):
+        name = tz
+    elif tz is UTC or getattr(tz, "zone", None) == "UTC":
+        name = "UTC"
+    else:
+        name = getattr(tz, "key", None) or getattr(tz, "zone", None) or str(tz)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ScheduleError(f"unknown time zone {name!r} (use an IANA name such as 'Europe/Berlin')") from None
+    return name
+
+
+class Schedule:
+    """Common options of every schedule kind."""
+
+    kind = ""
+
+    def __init__(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int | None = None,
+        catchup: str | None = None,
+    ) -> None:
+        self.start_ms = None if start is None else to_ms(start, "start")
+        self.end_ms = None if end is None else to_ms(end, "end")
+        if self.start_ms is not None and self.end_ms is not None and self.end_ms < self.start_ms:
+            raise ScheduleError("end is before start")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ScheduleError(f"limit must be a whole number >= 1 (got {limit!r})")
+        self.limit = limit
+        if catchup is not None and catchup not in CATCHUP_POLICIES:
+            raise ScheduleError(f"catchup must be one of {', '.join(CATCHUP_POLICIES)} (got {catchup!r})")
+        self.catchup = catchup
+
+    # -- arithmetic -----------------------------------------------------
+    def _raw_next(self, after_ms: int) -> int:
+        raise NotImplementedError
+
+    def first_after(self, now_ms: int) -> int | None:
+        """First tick of a newly registered entry (strictly after ``now_ms``)."""
+        raise NotImplementedError
+
+    def next_after(self, tick_ms: int) -> int | None:
+        """Next nominal tick after ``tick_ms``, or None when the schedule has ended."""
+        nxt = self._raw_next(tick_ms)
+        return self._bounded(nxt)
+
+    def at_or_after(self, tick_ms: int, when_ms: int) -> int | None:
+        """First tick >= ``when_ms`` of the series that contains ``tick_ms``."""
+        if when_ms <= tick_ms:
+            return tick_ms
+        return self.next_after(when_ms - 1)
+
+    def ticks_from(self, tick_ms: int, upto_ms: int, count: int) -> list[int]:
+        """Up to ``count`` ticks from ``tick_ms`` (a tick) to ``upto_ms``, oldest first."""
+        out: list[int] = []
+        current: int | None = tick_ms
+        while current is not None and current <= upto_ms and len(out) < count:
+            out.append(current)
+            current = self.next_after(current)
+        return out
+
+    def latest_ticks(self, tick_ms: int, upto_ms: int, count: int) -> list[int]:
+        """The last ``count`` ticks in [tick_ms, upto_ms], oldest first.
+
+        Searches backwards from ``upto_ms`` in growing windows, so a long
+        downtime costs work in proportion to the ticks wanted, not missed.
+        """
+        window = 2000
+        while True:
+            low = max(tick_ms, upto_ms - window)
+            start = self.at_or_after(tick_ms, low)
+            found: list[int] = []
+            current = start
+            while current is not None and current <= upto_ms:
+                found.append(current)
+                if len(found) > count:
+                    del found[0]
+                current = self.next_after(current)
+            if len(found) >= count or low == tick_ms:
+                return found
+            window *= 4
+
+    def _bounded(self, tick: int | None) -> int | None:
+        if tick is None or tick > MAX_TICK_MS:
+            return None
+        if self.end_ms is not None and tick > self.end_ms:
+            return None
+        return tick
+
+    # -- serialisation --------------------------------------------------
+    def _common_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in (("start", self.start_ms), ("end", self.end_ms), ("limit", self.limit), ("catchup", self.catchup)):
+            if value is not None:
+                out[key] = value
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def human(self) -> str:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schedule) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(repr(sorted(self.to_json().items())))
+
+    def __repr__(self) -> str:
+        return f"<{self.human()}>"
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Schedule:
+        kind = data.get("kind")
+        common = {
+            "start": None if data.get("start") is None else ms_to_datetime(data["start"]),
+            "end": None if data.get("end") is None else ms_to_datetime(data["end"]),
+            "limit": data.get("limit"),
+            "catchup": data.get("catchup"),
+        }
+        if kind == "every":
+            return every(milliseconds=data["interval_ms"], align=bool(data.get("align", False)), **common)
+        if kind == "pattern":
+            return pattern(data["expr"], tz=data["tz"], day_and=bool(data.get("day_and", False)), **common)
+        raise ScheduleError(f"unknown schedule kind {kind!r}")
+
+
+def _fmt_interval(ms: int) -> str:
+    parts = []
+    for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1)):
+        if ms >= size:
+            count, ms = divmod(ms, size)
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+class every(Schedule):
+    """A fixed interval; ticks are anchored (tick + interval), so they never drift.
+
+    Without ``start`` the first tick is one interval after the entry is
+    created; with ``start`` the ticks are ``start + k * interval``. ``align``
+    anchors at the epoch instead (ticks on multiples of the interval, in UTC),
+    which is what Celery's ``schedule(relative=True)`` becomes.
+    """
+
+    kind = "every"
+
+    def __init__(
+        self,
+        interval: Union[float, int, timedelta, None] = None,
+        *,
+        seconds: float = 0,
+        minutes: float = 0,
+        hours: float = 0,
+        days: float = 0,
+        milliseconds: float = 0,
+        align: bool = False,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int | None = None,
+        catchup: str | None = None,
+    ) -> None:
+        super().__init__(start=start, end=end, limit=limit, catchup=catchup)
+        total = 0.0
+        if interval is not None:
+            if isinstance(interval, timedelta):
+                total += interval.total_seconds() * 1000
+            elif isinstance(interval, (int, float)) and not isinstance(interval, bool):
+                total += float(interval) * 1000
+            else:
+                raise ScheduleError(f"an interval must be a number of seconds or a timedelta, not {type(interval).__name__}")
+        for value, factor in ((milliseconds, 1), (seconds, 1000), (minutes, 60000), (hours, 3600000), (days, 86400000)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ScheduleError(f"interval parts must be numbers, not {type(value).__name__}")
+            total += float(value) * factor
+        if not math.isfinite(total):
+            raise ScheduleError("the interval is not a finite number")
+        rounded = int(round(total))
+        if abs(total - rounded) > 1e-6 * max(1.0, abs(total)):
+            raise ScheduleError(f"the interval must be a whole number of milliseconds (got {total!r} ms)")
+        if rounded < MIN_INTERVAL_MS:
+            raise ScheduleError(f"the interval must be at least {MIN_INTERVAL_MS} ms (got {total:g} ms)")
+        if rounded > MAX_INTERVAL_MS:
+            raise ScheduleError("the interval is longer than a thousand years")
+        self.interval_ms = rounded
+        self.align = bool(align)
+
+    def _raw_next(self, after_ms: int) -> int:
+        return after_ms + self.interval_ms
+
+    def at_or_after(self, tick_ms: int, when_ms: int) -> int | None:
+        if when_ms <= tick_ms:
+            return tick_ms
+        steps = -(-(when_ms - tick_ms) // self.interval_ms)
+        return self._bounded(tick_ms + steps * self.interval_ms)
+
+    def latest_ticks(self, tick_ms: int, upto_ms: int, count: int) -> list[int]:
+        if upto_ms < tick_ms or count < 1:
+            return []
+        last = tick_ms + (upto_ms - tick_ms) // self.interval_ms * self.interval_ms
+        if self.end_ms is not None and last > self.end_ms:
+            last = tick_ms + (self.end_ms - tick_ms) // self.interval_ms * self.interval_ms
+        first = max(tick_ms, last - (count - 1) * self.interval_ms)
+        return list(range(first, last + 1, self.interval_ms))
+
+    def first_after(self, now_ms: int) -> int | None:
+        anchor = self.start_ms if self.start_ms is not None else (0 if self.align else None)
+        if anchor is None:
+            first = now_ms + self.interval_ms
+        elif anchor > now_ms:
+            first = anchor
+        else:
+            first = self.grid_after(anchor, now_ms)
+        return self._bounded(first)
+
+    def grid_after(self, anchor_ms: int, now_ms: int) -> int:
+        """First tick of the grid through ``anchor_ms`` strictly after ``now_ms``."""
+        steps = (now_ms - anchor_ms) // self.interval_ms + 1
+        return anchor_ms + steps * self.interval_ms
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": "every", "interval_ms": self.interval_ms}
+        if self.align:
+            out["align"] = True
+        out.update(self._common_json())
+        return out
+
+    def human(self) -> str:
+        return f"every {_fmt_interval(self.interval_ms)}" + (" (aligned)" if self.align else "")
+
+
+class pattern(Schedule):
+    """A cron expression: 5 fields, or 6 with seconds first, in an IANA zone.
+
+    ``tz=None`` means the app's ``timezone`` (resolved when the entry is
+    registered). ``day_and=True`` ANDs day-of-month with day-of-week, as
+    Celery's ``crontab`` does; classic cron (the default) ORs them.
+    """
+
+    kind = "pattern"
+
+    def __init__(
+        self,
+        expr: str,
+        tz: Union[str, tzinfo, None] = None,
+        *,
+        day_and: bool = False,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int | None = None,
+        catchup: str | None = None,
+    ) -> None:
+        super().__init__(start=start, end=end, limit=limit, catchup=catchup)
+        if not isinstance(expr, str):
+            raise ScheduleError(f"a pattern must be a string, not {type(expr).__name__}")
+        self.day_and = bool(day_and)
+        try:
+            self.expr, self._seconds, self._wildcard_hour = cron.parse(expr, self.day_and)
+        except cron.CronError as exc:
+            raise ScheduleError(str(exc)) from None
+        self.tz: str | None = None if tz is None else zone_name(tz)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        if self.tz is None:
+            raise ScheduleError(f"pattern {self.expr!r} has no time zone yet")
+        return ZoneInfo(self.tz)
+
+    def with_zone(self, default: Union[str, tzinfo]) -> pattern:
+        """This pattern with ``tz`` resolved (the app's zone when it had none)."""
+        if self.tz is not None:
+            return self
+        clone = pattern.__new__(pattern)
+        clone.__dict__.update(self.__dict__)
+        clone.tz = zone_name(default)
+        return clone
+
+    def _raw_next(self, after_ms: int) -> int:
+        if self.start_ms is not None and after_ms < self.start_ms:
+            after_ms = self.start_ms - 1
+        return cron.next_after(self.expr, self._seconds, self.day_and, self._wildcard_hour, self.zone, after_ms)
+
+    def first_after(self, now_ms: int) -> int | None:
+        return self.next_after(now_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": "pattern", "expr": self.expr, "tz": self.tz}
+        if self.day_and:
+            out["day_and"] = True
+        out.update(self._common_json())
+        return out
+
+    def human(self) -> str:
+        return f"pattern '{self.expr}' in {self.tz or 'the app zone'}" + (" (day AND weekday)" if self.day_and else "")
+
+
+def _crontab_field(values: Any, full: range) -> str:
+    chosen = sorted(int(v) for v in values)
+    if chosen == list(full):
+        return "*"
+    return ",".join(str(v) for v in chosen)
+
+
+def from_celery(value: Any, relative: bool = False) -> Schedule:
+    """Convert what Celery accepts as a beat schedule into ours, or refuse clearly."""
+    from celery import schedules as cs
+
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, bool):
+        raise ScheduleError("a schedule cannot be a boolean")
+    if isinstance(value, (int, float, timedelta)):
+        return every(value, align=relative)
+    if isinstance(value, cs.crontab):
+        fields = [
+            _crontab_field(value.minute, range(0, 60)),
+            _crontab_field(value.hour, range(0, 24)),
+            _crontab_field(value.day_of_month, range(1, 32)),
+            _crontab_field(value.month_of_year, range(1, 13)),
+            _crontab_field(value.day_of_week, range(0, 7)),
+        ]
+        return pattern(" ".join(fields), day_and=True)
+    if isinstance(value, cs.schedule) and type(value) is cs.schedule:
+        return every(value.run_every, align=relative or bool(value.relative))
+    if isinstance(value, str):
+        raise ScheduleError(f"a string schedule is ambiguous; write pattern({value!r}) for a cron expression")
+    raise ScheduleError(
+        f"unsupported schedule type {type(value).__name__}; use a number of seconds, a timedelta, "
+        "celery.schedules.schedule/crontab, redbeat_safe.every or redbeat_safe.pattern"
+    )

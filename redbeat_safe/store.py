@@ -1,0 +1,245 @@
+"""The Redis store: key layout, the Lua scripts, and typed calls around them.
+
+All keys of one app share the Redis Cluster hash tag ``{<prefix>}`` and every
+key a script touches is passed in ``KEYS``. Scripts are loaded once and called
+by SHA; redis-py reloads one the server has forgotten (restart, SCRIPT FLUSH).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Iterable, Sequence
+
+import redis
+
+from .config import Settings
+
+_SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "register", "prune")
+
+
+def _load_scripts() -> dict[str, str]:
+    folder = resources.files(__package__).joinpath("lua")
+    common = folder.joinpath("_common.lua").read_text()
+    return {name: common + "\n" + folder.joinpath(f"{name}.lua").read_text() for name in _SCRIPT_NAMES}
+
+
+_SOURCES = _load_scripts()
+
+
+class Keys:
+    """Names of every key of one app (see docs/redis-layout.md)."""
+
+    def __init__(self, prefix: str) -> None:
+        tag = "{" + prefix + "}"
+        self.prefix = prefix
+        self.due = f"{tag}:due"  # zset: entry -> next tick (ms); enabled entries with a future tick
+        self.defs = f"{tag}:defs"  # hash: entry -> definition JSON
+        self.state = f"{tag}:state"  # hash: entry -> state JSON (version, runs, last tick, ...)
+        self.static = f"{tag}:static"  # set: entries registered from a beat_schedule
+        self.inflight = f"{tag}:inflight"  # zset: "<tick>:<entry>" -> lease deadline (ms)
+        self.flight = f"{tag}:flight"  # hash: "<tick>:<entry>" -> definition JSON it was claimed under
+        self.instances = f"{tag}:instances"  # zset: instance id -> heartbeat deadline (ms)
+        self.instinfo = f"{tag}:instinfo"  # hash: instance id -> JSON (host, pid, static names)
+        self.meta = f"{tag}:meta"  # hash: epoch (changes if Redis lost the data)
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value in (b"", "", None, False) else int(float(_s(value)))
+
+
+@dataclass
+class Due:
+    name: str
+    score: bytes  #: the score exactly as Redis printed it (the claim compares it)
+    state: bytes | None
+
+    @property
+    def tick(self) -> int:
+        return int(float(self.score))
+
+
+@dataclass
+class Reaped:
+    member: str
+    definition: bytes | None
+
+    @property
+    def tick(self) -> int:
+        return int(self.member.split(":", 1)[0])
+
+    @property
+    def name(self) -> str:
+        return self.member.split(":", 1)[1]
+
+
+@dataclass
+class Peek:
+    now: int
+    epoch: str
+    instances_expired: bool
+    registered: bool
+    next_tick: int | None
+    next_lease: int | None
+    due: list[Due]
+    reaped: list[Reaped]
+
+
+@dataclass
+class ClaimItem:
+    name: str
+    score: bytes
+    version: int | None  #: None when the state record is unreadable (parking only)
+    ticks: list[int]
+    next: int | None  #: None ends the entry
+    park: bool = False
+
+
+@dataclass
+class UpsertItem:
+    name: str
+    expected_version: int | str | None  #: None: must not exist yet; "!": its state is corrupt
+    definition: str
+    definition_hash: str
+    schedule_hash: str
+    source: str
+    next: int | str | None  #: ms, "keep", or None (no future tick)
+    enabled: bool
+
+
+def member(name: str, tick: int) -> str:
+    return f"{tick}:{name}"
+
+
+def connect(settings: Settings) -> redis.Redis:
+    options = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 30}
+    options.update(settings.redis_options)
+    return redis.Redis.from_url(settings.redis_url, **options)
+
+
+class RedisStore:
+    """Typed access to one app's keys; no policy, no Celery."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self._scripts = {name: client.register_script(src) for name, src in _SOURCES.items()}
+
+    def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._scripts[name](keys=list(keys), args=list(args))
+
+    # -- definitions ------------------------------------------------------
+    def snapshot(self, names: Sequence[str]) -> tuple[int, dict[str, tuple[bytes | None, bytes | None]]]:
+        """Server time and (state, score) of each name."""
+        k = self.keys
+        raw = self._call("snapshot", [k.due, k.state], names)
+        out = {}
+        for i, name in enumerate(names):
+            out[name] = (raw[1 + 2 * i] or None, raw[2 + 2 * i] or None)
+        return int(raw[0]), out
+
+    def upsert(self, items: Sequence[UpsertItem]) -> list[bool]:
+        k = self.keys
+        args: list[Any] = [len(items)]
+        for it in items:
+            nxt = "" if it.next is None else str(it.next)
+            expected = "-" if it.expected_version is None else str(it.expected_version)
+            args += [it.name, expected, it.definition, it.definition_hash, it.schedule_hash, it.source, nxt, "1" if it.enabled else "0"]
+        result = self._call("upsert", [k.due, k.defs, k.state, k.static], args)
+        return [_s(r) == "ok" for r in result]
+
+    def remove(self, names: Sequence[str]) -> int:
+        k = self.keys
+        return int(self._call("remove", [k.due, k.defs, k.state, k.static], names))
+
+    def definitions(self, names: Sequence[str]) -> list[bytes | None]:
+        if not names:
+            return []
+        return list(self.client.hmget(self.keys.defs, list(names)))
+
+    def read_all(self) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, int]]:
+        """Every definition, state and next tick (for listing; not on the hot path)."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(k.defs)
+        pipe.hgetall(k.state)
+        pipe.zrange(k.due, 0, -1, withscores=True)
+        defs, states, due = pipe.execute()
+        return (
+            {_s(n): v for n, v in defs.items()},
+            {_s(n): v for n, v in states.items()},
+            {_s(n): int(s) for n, s in due},
+        )
+
+    def read_one(self, name: str) -> tuple[bytes | None, bytes | None, int | None]:
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(k.defs, name)
+        pipe.hget(k.state, name)
+        pipe.zscore(k.due, name)
+        d, s, score = pipe.execute()
+        return d, s, None if score is None else int(score)
+
+    # -- the beat loop ----------------------------------------------------
+    def peek(
+        self,
+        instance: str,
+        heartbeat_ms: int,
+        lease_ms: int,
+        max_due: int,
+        max_reap: int,
+        acks: Iterable[str] = (),
+    ) -> Peek:
+        k = self.keys
+        args: list[Any] = [instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), *acks]
+        raw = self._call("peek", [k.due, k.state, k.inflight, k.flight, k.instances, k.meta, k.instinfo], args)
+        pos = 7
+        due = []
+        for _ in range(int(raw[6])):
+            due.append(Due(_s(raw[pos]), raw[pos + 1], raw[pos + 2] or None))
+            pos += 3
+        reaped = []
+        for _ in range(int(raw[pos])):
+            reaped.append(Reaped(_s(raw[pos + 1]), raw[pos + 2] or None))
+            pos += 2
+        return Peek(
+            now=int(raw[0]),
+            epoch=_s(raw[1]),
+            instances_expired=bool(int(raw[2])),
+            registered=bool(int(raw[3])),
+            next_tick=_opt_int(raw[4]),
+            next_lease=_opt_int(raw[5]),
+            due=due,
+            reaped=reaped,
+        )
+
+    def claim(self, items: Sequence[ClaimItem], lease_ms: int) -> tuple[int, list[bool]]:
+        k = self.keys
+        args: list[Any] = [lease_ms, len(items)]
+        for it in items:
+            nxt = "park" if it.park else ("" if it.next is None else str(it.next))
+            ver = "" if it.version is None else str(it.version)
+            args += [it.name, it.score, ver, nxt, len(it.ticks), *it.ticks]
+        raw = self._call("claim", [k.due, k.state, k.defs, k.inflight, k.flight], args)
+        return int(raw[0]), [bool(int(x)) for x in raw[1:]]
+
+    def ack(self, members: Sequence[str], release: bool = False) -> None:
+        if members:
+            k = self.keys
+            self._call("ack", [k.inflight, k.flight], ["release" if release else "ack", *members])
+
+    # -- instances --------------------------------------------------------
+    def register(self, instance: str, heartbeat_ms: int, info_json: str, epoch: str) -> tuple[int, str]:
+        k = self.keys
+        now, stored = self._call("register", [k.instances, k.instinfo, k.meta], [instance, heartbeat_ms, info_json, epoch])
+        return int(now), _s(stored)
+
+    def prune(self, leaving: str = "") -> list[str]:
+        k = self.keys
+        removed = self._call("prune", [k.instances, k.instinfo, k.static, k.due, k.defs, k.state], [leaving])
+        return [_s(n) for n in removed]

@@ -1,0 +1,66 @@
+"""The Celery app the end-to-end tests run `celery beat` against, configured by environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from celery.schedules import crontab
+
+import redbeat_safe
+from redbeat_safe.scheduler import Scheduler
+
+app = Celery("beatapp")
+env = os.environ
+app.conf.update(
+    broker_url=env["BEAT_BROKER_URL"],
+    redbeat_safe_redis_url=env["BEAT_REDIS_URL"],
+    redbeat_safe_key_prefix=env["BEAT_PREFIX"],
+    task_default_queue=env["BEAT_QUEUE"],
+    timezone=env.get("BEAT_TIMEZONE", "UTC"),
+    redbeat_safe_lease=float(env.get("BEAT_LEASE", "10")),
+    beat_max_loop_interval=int(env.get("BEAT_MAX_INTERVAL", "0")) or None,
+    result_backend=None,
+    broker_connection_retry_on_startup=True,
+)
+
+
+def _schedule(spec: dict[str, Any]) -> Any:
+    if "every" in spec:
+        return timedelta(seconds=spec["every"]) if spec.get("as_timedelta") else redbeat_safe.every(spec["every"])
+    if "pattern" in spec:
+        return redbeat_safe.pattern(spec["pattern"], tz=spec.get("tz"))
+    if "crontab" in spec:
+        return crontab(**spec["crontab"])
+    raise ValueError(spec)
+
+
+app.conf.beat_schedule = {
+    name: {"task": spec.get("task", "beatapp.record"), "schedule": _schedule(spec), "args": spec.get("args", [])}
+    for name, spec in json.loads(env.get("BEAT_SCHEDULE", "{}")).items()
+}
+
+
+@app.task(name="beatapp.record")
+def record(*args: Any) -> None:
+    """Never executed in these tests: the messages are read off the broker."""
+
+
+class CrashingScheduler(Scheduler):
+    """Dies by SIGKILL right after its first successful claim, before publishing.
+
+    A deterministic stand-in for "the host died between claim and publish".
+    """
+
+    def _publish_claimed(self, claimed: Any) -> None:
+        if any(it.ticks for it, _ in claimed):
+            marker = env.get("BEAT_CRASH_MARKER")
+            if marker:
+                with open(marker, "w") as fh:
+                    json.dump([[it.name, it.ticks] for it, _ in claimed], fh)
+            os.kill(os.getpid(), signal.SIGKILL)
+        super()._publish_claimed(claimed)
