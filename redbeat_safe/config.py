@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
-from .schedules import CATCHUP_POLICIES, zone_name, ScheduleError
+from .schedules import CATCHUP_POLICIES, ScheduleError, zone_name
 
 DEFAULT_PREFIX = "redbeat_safe"
 DEFAULT_LEASE = 10.0

@@ -11,9 +11,10 @@ import hashlib
 import json
 import math
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
 from datetime import tzinfo
+from typing import Any, Union
 
 from .schedules import Schedule, ScheduleError, from_celery, pattern
 
@@ -114,9 +115,10 @@ def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
         if not isinstance(value, allowed):
             names = " or ".join(t.__name__ for t in allowed)
             raise DefinitionError(f"{where}: option {key!r} must be {names}, not {type(value).__name__}")
-        if key == "priority" and not 0 <= value <= 255:
+        number: Any = value  # its type was checked just above
+        if key == "priority" and not 0 <= number <= 255:
             raise DefinitionError(f"{where}: priority must be between 0 and 255")
-        if key in ("expires", "time_limit", "soft_time_limit", "countdown") and value < 0:
+        if key in ("expires", "time_limit", "soft_time_limit", "countdown") and number < 0:
             raise DefinitionError(f"{where}: option {key!r} must not be negative")
         out[key] = _plain(value, f"{where}: option {key!r}")
     return out

@@ -15,8 +15,9 @@ someone else changed it in between, so we re-read and decide again.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .definitions import EntryDef
 from .store import RedisStore, UpsertItem
@@ -105,8 +106,8 @@ def upsert(store: RedisStore, entries: Sequence[EntryDef], source: str, enabled:
                     items.append(it)
                     outcomes[name] = outcome
             ok = store.upsert(items) if items else []
-            pending = {it.name: pending[it.name] for it, won in zip(items, ok) if not won}
-            results.update({it.name: outcomes[it.name] for it, won in zip(items, ok) if won})
+            pending = {it.name: pending[it.name] for it, won in zip(items, ok, strict=True) if not won}
+            results.update({it.name: outcomes[it.name] for it, won in zip(items, ok, strict=True) if won})
             if not pending:
                 break
         else:

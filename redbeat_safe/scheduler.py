@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from celery import Celery, beat
 from celery.exceptions import ImproperlyConfigured
+from celery.schedules import crontab
 from celery.utils.log import get_logger
 
 from . import __version__, registry
@@ -34,7 +35,7 @@ REAP_BATCH = 100
 _CACHE_LIMIT = 100_000
 
 
-class Scheduler(beat.Scheduler):
+class Scheduler(beat.Scheduler):  # type: ignore[misc]
     """Active-active beat scheduler: every instance claims ticks atomically in Redis."""
 
     #: Upper bound on one sleep, unless ``beat_max_loop_interval`` says otherwise:
@@ -59,6 +60,7 @@ class Scheduler(beat.Scheduler):
         self._reported: set[str] = set()
         self._outage_since: float | None = None
         self._retry = 0.5
+        self._lease_start = 0.0
         self.published = 0
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
@@ -66,7 +68,7 @@ class Scheduler(beat.Scheduler):
     def setup_schedule(self) -> None:
         """Validate the static schedule (refusing bad input), then register it."""
         self.static_entries = self._static_from_config()
-        self.data = {}
+        self.data: dict[str, Any] = {}
         self.tick_registration()
 
     @property
@@ -120,10 +122,13 @@ class Scheduler(beat.Scheduler):
     # -- registration ------------------------------------------------------
     def _static_from_config(self) -> list[EntryDef]:
         entries: dict[str, Any] = dict(self.app.conf.beat_schedule or {})
-        defaults: dict[str, Any] = {}
-        self.install_default_entries(defaults)
-        for name, spec in defaults.items():
-            entries.setdefault(name, spec)
+        conf = self.app.conf
+        if conf.result_expires and not self.app.backend.supports_autoexpire:
+            # what Celery's own beat installs, kept under the same name and time
+            entries.setdefault(
+                "celery.backend_cleanup",
+                {"task": "celery.backend_cleanup", "schedule": crontab("0", "4", "*"), "options": {"expires": 12 * 3600}},
+            )
         out, problems = [], []
         for name, spec in entries.items():
             try:
@@ -185,6 +190,7 @@ class Scheduler(beat.Scheduler):
     # -- the pass ----------------------------------------------------------
     def _pass(self) -> float:
         store, lease = self.store, self.settings.lease_ms
+        started = time.monotonic()
         peek = store.peek(self.instance_id, self.heartbeat_ms, lease, BATCH, REAP_BATCH, self._acks)
         self._acks = []
         if peek.epoch != self._epoch or not peek.registered:
@@ -195,14 +201,16 @@ class Scheduler(beat.Scheduler):
             removed = store.prune()
             if removed:
                 logger.info("redbeat_safe: removed static entries no live beat declares: %s", ", ".join(removed))
+        self._lease_start = started
         self._reap(peek)
         more = len(peek.due) >= BATCH or len(peek.reaped) >= REAP_BATCH
         wake = [t for t in (peek.next_tick, peek.next_lease) if t is not None]
         if peek.due:
             planned = self._plan(peek)
             items = [it for it, _ in planned]
+            self._lease_start = time.monotonic()
             now, won = store.claim(items, lease)
-            claimed = [(it, e) for (it, e), ok in zip(planned, won) if ok and e is not None]
+            claimed = [(it, e) for (it, e), ok in zip(planned, won, strict=True) if ok and e is not None]
             more = more or not all(won)
             for it, _ in claimed:
                 self._unpublished.update(member(it.name, t) for t in it.ticks)
@@ -237,7 +245,7 @@ class Scheduler(beat.Scheduler):
         """One claim per due entry; corrupt ones are parked (entry None)."""
         states = {d.name: registry.parse_state(d.state) for d in peek.due}
         missing = [d.name for d in peek.due if (st := states[d.name]) is not None and (d.name, st.definition_hash) not in self._defs]
-        for name, raw in zip(missing, self.store.definitions(missing)):
+        for name, raw in zip(missing, self.store.definitions(missing), strict=True):
             entry = self._parse(name, raw)
             st = states[name]
             if entry is not None and st is not None and entry.definition_hash == st.definition_hash:
@@ -280,9 +288,22 @@ class Scheduler(beat.Scheduler):
                 if not self._send(entry, it.name, t):
                     return
 
+    def _lease_left(self) -> bool:
+        """Whether the lease taken at the last claim or reap is still safely ours.
+
+        A beat that was paused (SIGSTOP, a long GC, a frozen VM) past its lease
+        must not publish: another instance may have reaped the tick already.
+        The tick stays in flight and the reaper (maybe this one) publishes it.
+        """
+        held = time.monotonic() - self._lease_start
+        return held < self.settings.lease_ms / 1000.0 * 0.8
+
     def _send(self, entry: EntryDef, name: str, tick: int) -> bool:
         """Publish one tick; False (and leave it in flight for the reaper) on failure."""
         m = member(name, tick)
+        if not self._lease_left():
+            logger.warning("redbeat_safe: the lease on %s tick %d ran out before it was published; leaving it to the reaper", name, tick)
+            return False
         logger.info("Scheduler: Sending due task %s (%s) for tick %d", name, entry.task, tick)
         try:
             publish(self.app, entry, self.settings.key_prefix, tick, producer=self.producer)

@@ -161,16 +161,15 @@ class Schedule:
     @staticmethod
     def from_json(data: dict[str, Any]) -> Schedule:
         kind = data.get("kind")
-        common = {
-            "start": None if data.get("start") is None else ms_to_datetime(data["start"]),
-            "end": None if data.get("end") is None else ms_to_datetime(data["end"]),
-            "limit": data.get("limit"),
-            "catchup": data.get("catchup"),
-        }
+        start = None if data.get("start") is None else ms_to_datetime(data["start"])
+        end = None if data.get("end") is None else ms_to_datetime(data["end"])
+        limit, catchup = data.get("limit"), data.get("catchup")
         if kind == "every":
-            return every(milliseconds=data["interval_ms"], align=bool(data.get("align", False)), **common)
+            return every(
+                milliseconds=data["interval_ms"], align=bool(data.get("align", False)), start=start, end=end, limit=limit, catchup=catchup
+            )
         if kind == "pattern":
-            return pattern(data["expr"], tz=data["tz"], day_and=bool(data.get("day_and", False)), **common)
+            return pattern(data["expr"], tz=data["tz"], day_and=bool(data.get("day_and", False)), start=start, end=end, limit=limit, catchup=catchup)
         raise ScheduleError(f"unknown schedule kind {kind!r}")
 
 

@@ -8,9 +8,10 @@ by SHA; redis-py reloads one the server has forgotten (restart, SCRIPT FLUSH).
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import redis
 
@@ -160,7 +161,8 @@ class RedisStore:
     def definitions(self, names: Sequence[str]) -> list[bytes | None]:
         if not names:
             return []
-        return list(self.client.hmget(self.keys.defs, list(names)))
+        values: list[Any] = self.client.hmget(self.keys.defs, list(names))
+        return values
 
     def read_all(self) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, int]]:
         """Every definition, state and next tick (for listing; not on the hot path)."""

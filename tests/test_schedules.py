@@ -1,0 +1,220 @@
+"""Schedule objects, conversions from Celery, and the catch-up policy (pure logic)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from celery.schedules import crontab, schedule, solar
+from hypothesis import given
+from hypothesis import strategies as st
+
+from redbeat_safe import ScheduleError, every, pattern
+from redbeat_safe.catchup import MAX_TICKS_PER_CLAIM, plan
+from redbeat_safe.schedules import Schedule, from_celery
+
+UTC = timezone.utc
+T0 = 1_800_000_000_000  # 2027-01-15, a round number of ms
+
+
+def test_every_ticks_are_anchored_no_drift_over_1000_ticks() -> None:
+    e = every(seconds=0.1)
+    t = e.first_after(T0)
+    assert t == T0 + 100
+    for _ in range(1000):
+        t = e.next_after(t)  # type: ignore[arg-type]
+    assert t == T0 + 100 + 1000 * 100
+    odd = every(seconds=7.3)
+    t = odd.first_after(T0)
+    for _ in range(1000):
+        t = odd.next_after(t)  # type: ignore[arg-type]
+    assert t == T0 + 7300 * 1001
+
+
+def test_every_forms_and_start_anchor() -> None:
+    assert every(90).interval_ms == every(minutes=1.5).interval_ms == every(timedelta(seconds=90)).interval_ms == 90000
+    assert every(hours=1, minutes=30).human() == "every 1h30m"
+    start = datetime.fromtimestamp((T0 + 5000) / 1000, UTC)
+    e = every(seconds=10, start=start)
+    assert e.first_after(T0) == T0 + 5000  # at start when start is ahead
+    assert e.first_after(T0 + 12000) == T0 + 15000  # on start's grid after that
+    aligned = every(seconds=60, align=True)
+    assert aligned.first_after(T0 + 1) % 60000 == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seconds": 0}, "at least 10 ms"),
+        ({"seconds": 0.001}, "at least 10 ms"),
+        ({"seconds": -5}, "at least"),
+        ({"seconds": 1.0005}, "whole number of milliseconds"),
+        ({"days": 365 * 2000}, "thousand years"),
+        ({"seconds": float("nan")}, "finite"),
+        ({"seconds": "10"}, "must be numbers"),
+        ({"seconds": 1, "limit": 0}, "limit must be"),
+        ({"seconds": 1, "catchup": "sometimes"}, "catchup must be one of"),
+        ({"seconds": 1, "start": datetime(2026, 1, 1)}, "timezone-aware"),
+        ({"seconds": 1, "start": datetime(2026, 2, 1, tzinfo=UTC), "end": datetime(2026, 1, 1, tzinfo=UTC)}, "end is before start"),
+    ],
+)
+def test_bad_every_is_refused_clearly(kwargs: dict, message: str) -> None:
+    with pytest.raises(ScheduleError, match=message):
+        every(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "expr, tz, message",
+    [
+        ("* * * *", "UTC", "4 fields"),
+        ("* * * * * * *", "UTC", "7 fields"),
+        ("61 * * * *", "UTC", "not a valid pattern"),
+        ("*/0 * * * *", "UTC", "not a valid pattern"),
+        ("", "UTC", "empty"),
+        ("* * * * *", "Mars/Olympus", "unknown time zone"),
+    ],
+)
+def test_bad_pattern_is_refused_clearly(expr: str, tz: str, message: str) -> None:
+    with pytest.raises(ScheduleError, match=message):
+        pattern(expr, tz=tz)
+
+
+def test_end_and_start_bound_ticks() -> None:
+    end = datetime.fromtimestamp((T0 + 3000) / 1000, UTC)
+    e = every(seconds=1, end=end)
+    assert e.next_after(T0 + 2000) == T0 + 3000
+    assert e.next_after(T0 + 3000) is None
+    p = pattern("* * * * *", tz="UTC", start=datetime(2030, 1, 1, tzinfo=UTC))
+    assert p.first_after(T0) == int(datetime(2030, 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_json_round_trip() -> None:
+    for s in (
+        every(seconds=5, limit=3, catchup="all", start=datetime(2026, 1, 1, tzinfo=UTC)),
+        every(minutes=1, align=True),
+        pattern("*/5 * * * * *", tz="Europe/Berlin", end=datetime(2027, 1, 1, tzinfo=UTC)),
+        pattern("0 9 * * 1", tz="UTC", day_and=True),
+    ):
+        assert Schedule.from_json(s.to_json()) == s
+
+
+def test_celery_forms_convert() -> None:
+    assert from_celery(10) == every(10)
+    assert from_celery(2.5) == every(seconds=2.5)
+    assert from_celery(timedelta(minutes=5)) == every(minutes=5)
+    assert from_celery(schedule(timedelta(seconds=30))) == every(30)
+    assert from_celery(schedule(timedelta(seconds=30), relative=True)) == every(30, align=True)
+    assert from_celery(10, relative=True) == every(10, align=True)
+    c = from_celery(crontab(minute="*/15", hour="9-17", day_of_week="mon-fri"))
+    assert isinstance(c, pattern)
+    assert c.expr == "0,15,30,45 9,10,11,12,13,14,15,16,17 * * 1,2,3,4,5"
+    assert c.day_and is True
+
+
+def test_crontab_day_fields_are_anded_like_celery() -> None:
+    # Celery: the 13th AND a Friday. Classic cron would fire on every 13th and every Friday.
+    c = from_celery(crontab(minute=0, hour=0, day_of_month=13, day_of_week=5)).with_zone("UTC")  # type: ignore[attr-defined]
+    t = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    got = []
+    for _ in range(3):
+        t = c.next_after(t)
+        got.append(datetime.fromtimestamp(t / 1000, UTC).date().isoformat())
+    assert got == ["2026-02-13", "2026-03-13", "2026-11-13"]
+    classic = pattern("0 0 13 * 5", tz="UTC")
+    first = classic.next_after(int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000))
+    assert datetime.fromtimestamp(first / 1000, UTC).date().isoformat() == "2026-01-02"  # a Friday
+
+
+def test_unsupported_schedules_are_refused() -> None:
+    with pytest.raises(ScheduleError, match="unsupported schedule type solar"):
+        from_celery(solar.__new__(solar))  # constructing one needs ephem; the type is what matters
+    with pytest.raises(ScheduleError, match="ambiguous"):
+        from_celery("*/5 * * * *")
+    with pytest.raises(ScheduleError, match="boolean"):
+        from_celery(True)
+
+
+# -- catch-up policy ----------------------------------------------------------
+
+SEC = 1000
+
+
+def test_on_time_tick_fires_once_and_advances() -> None:
+    p = plan(every(1), T0, T0 + 5, 0, policy="coalesce", grace_ms=11 * SEC)
+    assert p.fire == [T0] and p.next == T0 + SEC and not p.missed
+
+
+def test_slightly_late_ticks_all_fire_under_every_policy() -> None:
+    for policy in ("coalesce", "skip", "all"):
+        p = plan(every(1), T0, T0 + 3500, 0, policy=policy, grace_ms=11 * SEC)
+        assert p.fire == [T0, T0 + SEC, T0 + 2 * SEC, T0 + 3 * SEC], policy
+        assert p.next == T0 + 4 * SEC
+
+
+def test_downtime_coalesce_fires_once_for_the_latest_tick() -> None:
+    p = plan(every(10), T0, T0 + 3600 * SEC + 5, 0, policy="coalesce", grace_ms=11 * SEC)
+    assert p.fire == [T0 + 3600 * SEC] and p.next == T0 + 3610 * SEC and p.missed
+
+
+def test_downtime_skip_drops_missed_keeps_on_time() -> None:
+    p = plan(every(10), T0, T0 + 3600 * SEC + 5, 0, policy="skip", grace_ms=11 * SEC)
+    assert p.fire == [T0 + 3590 * SEC, T0 + 3600 * SEC]  # within the 11 s grace window: on time
+    p = plan(every(10), T0, T0 + 3605 * SEC, 0, policy="skip", grace_ms=2 * SEC)
+    assert p.fire == [] and p.next == T0 + 3610 * SEC
+
+
+def test_downtime_all_is_bounded() -> None:
+    p = plan(every(10), T0, T0 + 3600 * SEC, 0, policy="all", grace_ms=SEC, max_catchup=5)
+    assert p.fire == [T0 + k * 10 * SEC for k in range(355, 361)]  # 5 missed + the on-time one
+    assert p.next == T0 + 3610 * SEC
+
+
+def test_per_claim_cap_leaves_the_rest_due() -> None:
+    p = plan(every(seconds=0.01), T0, T0 + 5 * SEC, 0, policy="coalesce", grace_ms=11 * SEC)
+    assert len(p.fire) == MAX_TICKS_PER_CLAIM
+    assert p.next == T0 + MAX_TICKS_PER_CLAIM * 10
+
+
+def test_limit_ends_the_entry() -> None:
+    e = every(1, limit=3)
+    p = plan(e, T0, T0 + 10 * SEC, 1, policy="all", grace_ms=60 * SEC)
+    assert p.fire == [T0, T0 + SEC] and p.next is None
+    assert plan(e, T0, T0 + 10 * SEC, 3, policy="all", grace_ms=60 * SEC).fire == []
+
+
+def test_starting_deadline_drops_old_pattern_ticks() -> None:
+    p = pattern("0 * * * *", tz="UTC")
+    hour = 3600 * SEC
+    due = (T0 // hour) * hour
+    late = plan(p, due, due + 20 * 60 * SEC, 0, policy="coalesce", grace_ms=11 * SEC, deadline_ms=300 * SEC)
+    assert late.fire == [] and late.next == due + hour
+    fresh = plan(p, due, due + 60 * SEC, 0, policy="coalesce", grace_ms=11 * SEC, deadline_ms=300 * SEC)
+    assert fresh.fire == [due]
+
+
+def test_pattern_coalesce_after_a_year_finds_the_latest_tick_quickly() -> None:
+    p = pattern("*/1 * * * * *", tz="Europe/Berlin")
+    due = T0
+    now = T0 + 365 * 86400 * SEC + 500
+    out = plan(p, due, now, 0, policy="coalesce", grace_ms=11 * SEC)
+    assert out.fire == [now - 500] and out.next == now + 500
+
+
+@given(
+    interval=st.integers(10, 10**7),
+    lateness=st.integers(0, 10**9),
+    policy=st.sampled_from(["coalesce", "skip", "all"]),
+    grace=st.integers(0, 10**6),
+)
+def test_plan_invariants(interval: int, lateness: int, policy: str, grace: int) -> None:
+    e = every(milliseconds=interval)
+    p = plan(e, T0, T0 + lateness, 0, policy=policy, grace_ms=grace, max_catchup=50)
+    # fired ticks are on the grid, increasing, due, and the next tick is after them all
+    assert all((t - T0) % interval == 0 for t in p.fire)
+    assert p.fire == sorted(set(p.fire))
+    assert all(T0 <= t <= T0 + lateness for t in p.fire)
+    assert p.next is not None and (not p.fire or p.next > p.fire[-1]) and (p.next - T0) % interval == 0
+    if len(p.fire) < MAX_TICKS_PER_CLAIM:
+        assert p.next > T0 + lateness  # nothing due is left behind
+    if policy == "coalesce" and p.missed:
+        assert len(p.fire) == 1
