@@ -19,6 +19,7 @@ from celery import Celery, beat
 from celery.exceptions import ImproperlyConfigured
 from celery.schedules import crontab
 from celery.utils.log import get_logger
+from kombu.exceptions import OperationalError
 
 from . import __version__, registry
 from .catchup import plan
@@ -308,14 +309,25 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         try:
             publish(self.app, entry, self.settings.key_prefix, tick, producer=self.producer)
         except Exception as exc:
-            logger.error("redbeat_safe: publishing %s tick %d failed (%s); it stays claimed and is retried after the lease", name, tick, exc)
-            return False
+            if self._transient(exc):
+                logger.error("redbeat_safe: publishing %s tick %d failed (%s); it stays claimed and is retried after the lease", name, tick, exc)
+                return False
+            # Retrying cannot help (arguments the task refuses, an unserialisable
+            # value): Celery's beat would drop the tick too, but we say so loudly.
+            logger.error("redbeat_safe: dropping %s tick %d: %s: %s (retrying would fail the same way)", name, tick, type(exc).__name__, exc)
         self._unpublished.discard(m)
         self._acks.append(m)
         self.published += 1
         return True
 
     # -- helpers -----------------------------------------------------------
+    def _transient(self, exc: Exception) -> bool:
+        """Whether a publish error is about the broker connection (worth retrying)."""
+        connection = self.producer.connection
+        recoverable = tuple(connection.connection_errors) + tuple(connection.channel_errors)
+        cause = exc.__cause__ or exc.__context__
+        return any(isinstance(e, (OperationalError, OSError, TimeoutError) + recoverable) for e in (exc, cause) if e is not None)
+
     def _parse(self, name: str, raw: bytes | None) -> EntryDef | None:
         if raw is None:
             self._report(name, "its definition is missing")

@@ -25,6 +25,7 @@ app.conf.update(
     redbeat_safe_lease=float(env.get("BEAT_LEASE", "10")),
     beat_max_loop_interval=int(env.get("BEAT_MAX_INTERVAL", "0")) or None,
     result_backend=None,
+    result_expires=None,  # else Celery's beat (and so ours) adds celery.backend_cleanup
     broker_connection_retry_on_startup=True,
 )
 
@@ -46,8 +47,13 @@ app.conf.beat_schedule = {
 
 
 @app.task(name="beatapp.record")
-def record(*args: Any) -> None:
+def record(*args: Any, **kwargs: Any) -> None:
     """Never executed in these tests: the messages are read off the broker."""
+
+
+@app.task(name="beatapp.strict")
+def strict(x: int) -> None:
+    """Takes exactly one argument: Celery refuses other calls before publishing."""
 
 
 class CrashingScheduler(Scheduler):

@@ -132,11 +132,12 @@ class Broker:
     def messages(self) -> list[Message]:
         client = redis.Redis(port=self.server.port, db=self.db, socket_timeout=10)
         try:
-            raw = client.lrange(self.queue, 0, -1)
+            # kombu keeps one list per priority step: "<queue>" and "<queue>\x06\x16<n>"
+            lists = [self.queue.encode()] + sorted(k for k in client.keys(self.queue + "\x06\x16*"))
+            raw = [r for key in lists for r in reversed(client.lrange(key, 0, -1))]  # LPUSH: newest first
         finally:
             client.close()
-        # LPUSH puts the newest first
-        return [decode(r) for r in reversed(raw)]
+        return [decode(r) for r in raw]
 
     def by_entry(self) -> dict[str, list[Message]]:
         out: dict[str, list[Message]] = {}
@@ -161,7 +162,6 @@ class Beat:
         if self.faketime:
             env["LD_PRELOAD"] = faketime_library() or ""
             env["FAKETIME"] = self.faketime
-            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
             env["FAKETIME_NO_CACHE"] = "1"
         cmd = [sys.executable, "-m", "celery", "-A", "beatapp", "beat", "-S", self.scheduler, "--loglevel", "INFO",
                "--schedule", str(self.workdir / f"celerybeat-{self.name}"), *(extra or [])]
