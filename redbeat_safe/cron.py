@@ -17,9 +17,8 @@ time is not always exactly one instant:
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
-from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from croniter.croniter import CroniterBadCronError, CroniterBadDateError
@@ -97,11 +96,11 @@ def _to_ms(instant: datetime) -> int:
     return int(round(instant.timestamp() * 1000))
 
 
-def _instant(wall: datetime, zone: ZoneInfo, fold: int) -> datetime:
+def _instant(wall: datetime, zone: tzinfo, fold: int) -> datetime:
     return wall.replace(tzinfo=zone, fold=fold).astimezone(UTC)
 
 
-def _offsets(wall: datetime, zone: ZoneInfo) -> tuple[timedelta, timedelta]:
+def _offsets(wall: datetime, zone: tzinfo) -> tuple[timedelta, timedelta]:
     first = wall.replace(tzinfo=zone, fold=0).utcoffset()
     second = wall.replace(tzinfo=zone, fold=1).utcoffset()
     assert first is not None and second is not None
@@ -125,14 +124,14 @@ def _transition(lo: datetime, hi: datetime) -> datetime:
     return datetime.fromtimestamp(hi_s, UTC)
 
 
-def _gap_end(wall: datetime, zone: ZoneInfo) -> datetime:
+def _gap_end(wall: datetime, zone: tzinfo) -> datetime:
     """The first instant after the spring-forward gap that contains ``wall``."""
     before = _instant(wall, zone, 1).astimezone(zone)  # an instant before the gap
     after = _instant(wall, zone, 0).astimezone(zone)  # an instant after it
     return _transition(before, after)
 
 
-def _fold_start(instant: datetime, zone: ZoneInfo) -> datetime:
+def _fold_start(instant: datetime, zone: tzinfo) -> datetime:
     """Wall time at which the fold that ``instant`` (first pass) is in repeats."""
     local = instant.astimezone(zone)
     first, second = _offsets(local.replace(tzinfo=None), zone)
@@ -141,7 +140,7 @@ def _fold_start(instant: datetime, zone: ZoneInfo) -> datetime:
 
 
 def next_after(
-    expr: str, has_seconds: bool, day_and: bool, wildcard_hour: bool, zone: ZoneInfo, after_ms: int
+    expr: str, has_seconds: bool, day_and: bool, wildcard_hour: bool, zone: tzinfo, after_ms: int
 ) -> int:
     """First fire instant (ms) strictly after ``after_ms`` under the rules above."""
     walker = _walker(expr, has_seconds, day_and)

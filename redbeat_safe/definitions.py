@@ -191,7 +191,7 @@ def build(
         raise DefinitionError(f"{where}: {exc}") from None
     try:
         sched = from_celery(schedule, relative=relative)
-        if isinstance(sched, pattern) and sched.tz is None:
+        if isinstance(sched, pattern) and sched.tz_name is None:
             if default_tz is None:
                 raise ScheduleError("the pattern has no time zone and no default was given")
             sched = sched.with_zone(default_tz)

@@ -323,7 +323,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     # -- helpers -----------------------------------------------------------
     def _transient(self, exc: Exception) -> bool:
         """Whether a publish error is about the broker connection (worth retrying)."""
-        connection = self.producer.connection
+        connection = self.__dict__.get("connection") or self.app.connection_for_write()
         recoverable = tuple(connection.connection_errors) + tuple(connection.channel_errors)
         cause = exc.__cause__ or exc.__context__
         return any(isinstance(e, (OperationalError, OSError, TimeoutError) + recoverable) for e in (exc, cause) if e is not None)

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from celery.schedules import BaseSchedule, schedstate
+
 from . import cron
 
 UTC = timezone.utc
@@ -56,8 +58,13 @@ def zone_name(tz: Union[str, tzinfo, None]) -> str:
     return name
 
 
-class Schedule:
-    """Common options of every schedule kind."""
+class Schedule(BaseSchedule):  # type: ignore[misc]
+    """Common options of every schedule kind.
+
+    A Celery ``BaseSchedule`` too, so a ``beat_schedule`` that uses ``every`` or
+    ``pattern`` still works if someone runs Celery's default scheduler on it
+    (with Celery's semantics there: no anchoring, no coordination).
+    """
 
     kind = ""
 
@@ -68,6 +75,7 @@ class Schedule:
         limit: int | None = None,
         catchup: str | None = None,
     ) -> None:
+        BaseSchedule.__init__(self)
         self.start_ms = None if start is None else to_ms(start, "start")
         self.end_ms = None if end is None else to_ms(end, "end")
         if self.start_ms is not None and self.end_ms is not None and self.end_ms < self.start_ms:
@@ -157,6 +165,24 @@ class Schedule:
 
     def __repr__(self) -> str:
         return f"<{self.human()}>"
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        return Schedule.from_json, (self.to_json(),)
+
+    # -- Celery's BaseSchedule interface (used only by Celery's own schedulers)
+    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
+        last = to_ms(self.maybe_make_aware(last_run_at), "last_run_at")
+        nxt = self.next_after(last)
+        now = to_ms(self.maybe_make_aware(self.now()), "now")
+        return timedelta(milliseconds=(MAX_TICK_MS if nxt is None else nxt) - now)
+
+    def is_due(self, last_run_at: datetime) -> schedstate:
+        remaining = self.remaining_estimate(last_run_at).total_seconds()
+        if remaining > 0:
+            return schedstate(False, remaining)
+        now = to_ms(self.maybe_make_aware(self.now()), "now")
+        following = self.next_after(now)
+        return schedstate(True, 3600.0 if following is None else (following - now) / 1000)
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Schedule:
@@ -306,40 +332,44 @@ class pattern(Schedule):
             self.expr, self._seconds, self._wildcard_hour = cron.parse(expr, self.day_and)
         except cron.CronError as exc:
             raise ScheduleError(str(exc)) from None
-        self.tz: str | None = None if tz is None else zone_name(tz)
+        self.tz_name: str | None = None if tz is None else zone_name(tz)
 
     @property
     def zone(self) -> ZoneInfo:
-        if self.tz is None:
+        if self.tz_name is None:
             raise ScheduleError(f"pattern {self.expr!r} has no time zone yet")
-        return ZoneInfo(self.tz)
+        return ZoneInfo(self.tz_name)
+
+    @property  # Celery's BaseSchedule.tz: the zone this schedule is evaluated in
+    def tz(self) -> tzinfo:
+        return self.zone if self.tz_name is not None else self.app.timezone
 
     def with_zone(self, default: Union[str, tzinfo]) -> pattern:
         """This pattern with ``tz`` resolved (the app's zone when it had none)."""
-        if self.tz is not None:
+        if self.tz_name is not None:
             return self
         clone = pattern.__new__(pattern)
         clone.__dict__.update(self.__dict__)
-        clone.tz = zone_name(default)
+        clone.tz_name = zone_name(default)
         return clone
 
     def _raw_next(self, after_ms: int) -> int:
         if self.start_ms is not None and after_ms < self.start_ms:
             after_ms = self.start_ms - 1
-        return cron.next_after(self.expr, self._seconds, self.day_and, self._wildcard_hour, self.zone, after_ms)
+        return cron.next_after(self.expr, self._seconds, self.day_and, self._wildcard_hour, self.tz, after_ms)
 
     def first_after(self, now_ms: int) -> int | None:
         return self.next_after(now_ms)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": "pattern", "expr": self.expr, "tz": self.tz}
+        out: dict[str, Any] = {"kind": "pattern", "expr": self.expr, "tz": self.tz_name}
         if self.day_and:
             out["day_and"] = True
         out.update(self._common_json())
         return out
 
     def human(self) -> str:
-        return f"pattern '{self.expr}' in {self.tz or 'the app zone'}" + (" (day AND weekday)" if self.day_and else "")
+        return f"pattern '{self.expr}' in {self.tz_name or 'the app zone'}" + (" (day AND weekday)" if self.day_and else "")
 
 
 def _crontab_field(values: Any, full: range) -> str:

@@ -23,6 +23,7 @@ app.conf.update(
     task_default_queue=env["BEAT_QUEUE"],
     timezone=env.get("BEAT_TIMEZONE", "UTC"),
     redbeat_safe_lease=float(env.get("BEAT_LEASE", "10")),
+    redbeat_safe_catchup=env.get("BEAT_CATCHUP", "coalesce"),
     beat_max_loop_interval=int(env.get("BEAT_MAX_INTERVAL", "0")) or None,
     result_backend=None,
     result_expires=None,  # else Celery's beat (and so ours) adds celery.backend_cleanup

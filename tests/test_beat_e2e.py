@@ -312,3 +312,61 @@ def test_messages_carry_identity_headers_args_and_options(beats: BeatGroup, redi
     assert m.headers["tenant"] == "acme" and m.headers["redbeat_safe_tick_ms"] == m.tick
     assert m.headers["expires"] is not None and m.properties["priority"] == 5
     assert m.task_id == task_id_for(beats.prefix, "report", m.tick)
+
+
+@pytest.mark.parametrize("policy", ["coalesce", "skip"])
+def test_after_downtime_the_phase_is_kept_and_missed_ticks_follow_the_policy(beats: BeatGroup, policy: str) -> None:
+    """All beats down for longer than the grace window (lease 2 s + loop 1 s), then back."""
+    env = {"BEAT_LEASE": "2", "BEAT_CATCHUP": policy}
+    a = beats.start({"e": {"every": 1}}, "a", **env)
+    a.wait_log("registered 1 static entries")
+    time.sleep(3)
+    a.stop()
+    stopped = ms()
+    time.sleep(6)
+    restarted = ms()
+    b = beats.start({"e": {"every": 1}}, "b", **env)
+    b.wait_log("registered 1 static entries")
+    time.sleep(3)
+    b.stop()
+    ticks = sorted(m.tick for m in beats.broker.messages())
+    assert len(ticks) == len(set(ticks))
+    assert all((t - ticks[0]) % 1000 == 0 for t in ticks), "the phase moved"
+    during = [t for t in ticks if stopped + 1000 < t < restarted]
+    if policy == "coalesce":
+        assert len(during) == 1 and during[0] >= restarted - 1000, (stopped, restarted, ticks)  # once, the latest
+    else:
+        # ticks older than the grace window are dropped; later ones were merely late
+        grace = 3000
+        assert during and all(t >= restarted - grace - 1500 for t in during), (stopped, restarted, ticks)
+        assert len(during) < (restarted - stopped) // 1000 - 1
+    assert [t for t in ticks if t >= restarted], "it kept firing after the restart"
+    assert "missed ticks since" in b.output()
+
+
+def test_an_idle_beat_makes_about_one_redis_call_per_second(own_redis: RedisServer, beats_factory: Callable[..., BeatGroup]) -> None:
+    group = beats_factory(own_redis, "idle")
+    a = group.start({"hourly": {"every": 3600}}, "a")
+    a.wait_log("registered 1 static entries")
+    time.sleep(1)
+
+    def calls() -> int:
+        stats = own_redis.client().info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_eval"))
+
+    before = calls()
+    time.sleep(6)
+    idle = calls() - before
+    a.stop()
+    assert 3 <= idle <= 9, f"{idle} script calls in 6 s of idling"
+
+
+def test_the_queue_option_routes_the_message(beats: BeatGroup, redis_server: RedisServer) -> None:
+    from harness import Broker
+
+    Schedules(make_app(redis_server, beats.prefix)).upsert("routed", "beatapp.record", every(1), options={"queue": f"reports-{beats.prefix}"})
+    beats.start({}, "a")
+    reports = Broker(redis_server, f"reports-{beats.prefix}")
+    wait_for(lambda: len(reports.messages()) >= 2, 15, what="messages in the reports queue")
+    beats.stop_all()
+    assert beats.broker.messages() == [] and {m.entry for m in reports.messages()} == {"routed"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from celery.schedules import crontab, schedule, solar
@@ -218,3 +220,30 @@ def test_plan_invariants(interval: int, lateness: int, policy: str, grace: int) 
         assert p.next > T0 + lateness  # nothing due is left behind
     if policy == "coalesce" and p.missed:
         assert len(p.fire) == 1
+
+
+def test_every_and_pattern_also_work_under_celerys_default_scheduler(tmp_path: Path) -> None:
+    """If someone switches back to Celery's PersistentScheduler, the same beat_schedule still runs."""
+    from celery import Celery
+    from celery.beat import PersistentScheduler
+
+    app = Celery("compat", set_as_current=False)
+    app.conf.update(broker_url="memory://", timezone="Europe/Berlin", result_expires=None)
+    app.conf.beat_schedule = {
+        "e": {"task": "t", "schedule": every(seconds=10)},
+        "p": {"task": "t", "schedule": pattern("*/5 * * * * *")},
+    }
+    s = PersistentScheduler(app=app, schedule_filename=str(tmp_path / "sched"))
+    try:
+        e, p = s.schedule["e"], s.schedule["p"]
+        due, nxt = e.is_due()
+        assert not due and 9 < nxt <= 10
+        later = e.last_run_at - timedelta(seconds=11)
+        due, nxt = e.schedule.is_due(later)
+        assert due and 0 < nxt <= 10
+        due, nxt = p.is_due()
+        assert 0 <= nxt <= 5
+        s.sync()
+    finally:
+        s.close()
+    assert pickle.loads(pickle.dumps(every(5, limit=2))) == every(5, limit=2)
