@@ -1,9 +1,10 @@
-"""``Schedules(app)``: change entries at runtime, from any process, while beats run."""
+"""``Schedules(app)``: read and change entries at runtime, from any process, while beats run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import builtins
+import os
+import socket
 from typing import Any
 
 import redis
@@ -11,78 +12,20 @@ from celery import Celery
 
 from . import registry
 from .config import Settings
-from .definitions import DefinitionError, EntryDef, build, check_name
-from .schedules import Schedule, ms_to_datetime
-from .store import RedisStore, connect
+from .definitions import EntryDef, build, check_name
+from .dispatch import publish
+from .schedules import every
+from .store import Ack, RedisStore, connect, member
+from .views import Dispatch, Entry, Instance, entry_from_records
+
+__all__ = ["Schedules", "EntryNotFound", "Entry", "Dispatch", "Instance"]
 
 
-@dataclass
-class Entry:
-    """One stored entry as the API reports it."""
+class EntryNotFound(KeyError):
+    """No entry of that name (or its records are unreadable)."""
 
-    name: str
-    task: str
-    schedule: Schedule
-    args: list[Any]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
-    enabled: bool
-    next_tick: datetime | None  #: None when paused or finished
-    last_tick: datetime | None
-    total_runs: int
-    source: str  #: "static" (a beat_schedule) or "api"
-    created_at: datetime | None
-    updated_at: datetime | None
-
-    def as_dict(self) -> dict[str, Any]:
-        def iso(d: datetime | None) -> str | None:
-            return None if d is None else d.isoformat()
-
-        return {
-            "name": self.name,
-            "task": self.task,
-            "schedule": self.schedule.human(),
-            "schedule_spec": self.schedule.to_json(),
-            "args": self.args,
-            "kwargs": self.kwargs,
-            "options": self.options,
-            "enabled": self.enabled,
-            "next_tick": iso(self.next_tick),
-            "last_tick": iso(self.last_tick),
-            "total_runs": self.total_runs,
-            "source": self.source,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-        }
-
-
-def _entry(name: str, raw_def: bytes | None, raw_state: bytes | None, score: int | None) -> Entry | None:
-    st = registry.parse_state(raw_state)
-    if raw_def is None or st is None:
-        return None
-    try:
-        d = EntryDef.from_json(name, raw_def)
-    except DefinitionError:
-        return None
-
-    def dt(ms: int | None) -> datetime | None:
-        return None if ms is None else ms_to_datetime(ms)
-
-    return Entry(
-        name=name,
-        task=d.task,
-        schedule=d.schedule,
-        args=d.args,
-        kwargs=d.kwargs,
-        options=d.options,
-        enabled=st.enabled,
-        next_tick=dt(score),
-        last_tick=dt(st.last),
-        total_runs=st.runs,
-        source=st.source,
-        created_at=dt(st.created_ms),
-        updated_at=dt(st.updated_ms),
-    )
+    def __str__(self) -> str:
+        return f"no entry named {self.args[0]!r}"
 
 
 class Schedules:
@@ -93,6 +36,7 @@ class Schedules:
         self.settings = Settings.from_app(app)
         self._client = client
         self._store: RedisStore | None = None
+        self.caller = f"api@{socket.gethostname()}:{os.getpid()}"
 
     @property
     def store(self) -> RedisStore:
@@ -102,6 +46,7 @@ class Schedules:
             self._store = RedisStore(self._client, self.settings.key_prefix)
         return self._store
 
+    # -- definitions ------------------------------------------------------
     def upsert(
         self,
         name: str,
@@ -121,17 +66,96 @@ class Schedules:
 
     def get(self, name: str) -> Entry | None:
         check_name(name)
-        return _entry(name, *self.store.read_one(name))
+        return entry_from_records(name, *self.store.read_one(name))
 
     def list(self) -> list[Entry]:
         defs, states, due = self.store.read_all()
-        out = [_entry(n, defs.get(n), states.get(n), due.get(n)) for n in sorted(set(defs) | set(states))]
+        out = [entry_from_records(n, defs.get(n), states.get(n), due.get(n)) for n in sorted(set(defs) | set(states))]
         return [e for e in out if e is not None]
 
     def remove(self, name: str) -> bool:
         """Remove an entry; True if it existed. Ticks already claimed are still published."""
         check_name(name)
         return self.store.remove([name]) > 0
+
+    def _stored(self, name: str) -> tuple[EntryDef, registry.State, int | None]:
+        check_name(name)
+        raw_def, raw_state, score = self.store.read_one(name)
+        st = registry.parse_state(raw_state)
+        if raw_def is None or st is None:
+            raise EntryNotFound(name)
+        return EntryDef.from_json(name, raw_def), st, score
+
+    def pause(self, name: str) -> str:
+        """Stop dispatching ``name`` until resumed; returns paused or unchanged."""
+        entry, st, _ = self._stored(name)
+        return registry.upsert(self.store, [entry], st.source, enabled=False)[name]
+
+    def resume(self, name: str, from_now: bool = True) -> str:
+        """Dispatch ``name`` again; returns resumed or unchanged.
+
+        ``from_now`` (the default) continues the schedule with its next tick
+        after now, on its own phase, so a long pause causes no burst; with
+        False the ticks missed while paused follow the misfire policy.
+        """
+        entry, st, _ = self._stored(name)
+        return registry.upsert(self.store, [entry], st.source, enabled=True, from_now=from_now)[name]
+
+    # -- dispatching ------------------------------------------------------
+    def trigger(self, name: str) -> str:
+        """Dispatch ``name`` now, outside its schedule; returns the task id.
+
+        The run is claimed like a tick (in flight, under a lease) at a tick
+        that is never one of the schedule's own, so it cannot collide with a
+        live tick. If this process dies before publishing, a beat publishes it.
+        """
+        for _ in range(registry.ATTEMPTS):
+            entry, st, score = self._stored(name)
+            sched = entry.schedule
+            if isinstance(sched, every):
+                step, anchor = sched.interval_ms, score or st.hold or st.last or sched.start_ms or 0
+            else:
+                step, anchor = 1000, 0  # pattern ticks fall on whole seconds
+            tick = self.store.trigger(name, st.version, step, anchor, self.settings.lease_ms)
+            if tick is None:
+                continue  # changed meanwhile; read it again
+            m = member(name, tick)
+            try:
+                task_id = publish(self.app, entry, self.settings.key_prefix, tick, trigger=True)
+            except Exception:
+                self.store.ack([Ack(m, "", "x")], self.caller)  # cancelled: nothing was sent
+                raise
+            self.store.ack([Ack(m, task_id, "t")], self.caller)
+            return task_id
+        raise RuntimeError(f"entry {name!r} kept changing; trigger not sent")
+
+    def history(self, name: str, limit: int = 20) -> builtins.list[Dispatch]:
+        """The latest dispatches of ``name``, newest first (at most 100 are kept)."""
+        check_name(name)
+        return [Dispatch.from_record(r) for r in self.store.history(name, limit)]
+
+    # -- beats --------------------------------------------------------------
+    def instances(self) -> builtins.list[Instance]:
+        """Beat instances registered with the store (live ones, and expired ones not yet pruned)."""
+        now, rows = self.store.instances()
+        return [Instance.from_row(now, *row) for row in rows]
+
+    def status(self) -> dict[str, Any]:
+        """An overview for operators: instances, what is due soon, what is in flight, what is late."""
+        now, _ = self.store.snapshot([])
+        due_soon = self.store.due_between(0, now + 60_000)
+        late = [(n, t) for n, t in due_soon if t <= now]
+        inflight = self.store.inflight()
+        return {
+            "now_ms": now,
+            "instances": [i.as_dict() for i in self.instances()],
+            "due_next_minute": [{"name": n, "tick_ms": t, "in_ms": t - now} for n, t in due_soon if t > now],
+            "in_flight": [
+                {"name": m.split(":", 1)[1], "tick_ms": int(m.split(":", 1)[0]), "lease_left_ms": deadline - now}
+                for m, deadline in inflight
+            ],
+            "most_late": None if not late else {"name": late[0][0], "tick_ms": late[0][1], "late_ms": now - late[0][1]},
+        }
 
     def close(self) -> None:
         if self._client is not None:

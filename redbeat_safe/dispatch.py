@@ -14,25 +14,28 @@ from .definitions import EntryDef
 TASK_ID_NAMESPACE = uuid.UUID("5b0f9a4e-3c1d-4e7a-9a57-6f1f2d9c8b21")
 HEADER_ENTRY = "redbeat_safe_entry"
 HEADER_TICK = "redbeat_safe_tick_ms"
+HEADER_TRIGGER = "redbeat_safe_trigger"
 
 
 def task_id_for(prefix: str, name: str, tick_ms: int) -> str:
     return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{prefix}\x00{name}\x00{int(tick_ms)}"))
 
 
-def message_options(entry: EntryDef, prefix: str, tick_ms: int) -> dict[str, Any]:
+def message_options(entry: EntryDef, prefix: str, tick_ms: int, trigger: bool = False) -> dict[str, Any]:
     """apply_async options: the entry's own, its headers merged with ours."""
     options = dict(entry.options)
     headers = dict(options.pop("headers", None) or {})
     headers.update({HEADER_ENTRY: entry.name, HEADER_TICK: int(tick_ms), "celery_beat_task": True})
+    if trigger:
+        headers[HEADER_TRIGGER] = True
     options["headers"] = headers
     options["task_id"] = task_id_for(prefix, entry.name, tick_ms)
     return options
 
 
-def publish(app: Celery, entry: EntryDef, prefix: str, tick_ms: int, producer: Any = None) -> str:
+def publish(app: Celery, entry: EntryDef, prefix: str, tick_ms: int, producer: Any = None, trigger: bool = False) -> str:
     """Send one tick the way Celery beat does (the registered task if any, else by name)."""
-    options = message_options(entry, prefix, tick_ms)
+    options = message_options(entry, prefix, tick_ms, trigger)
     task = app.tasks.get(entry.task)
     if task is not None:
         result = task.apply_async(list(entry.args), dict(entry.kwargs), producer=producer, **options)

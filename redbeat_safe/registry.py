@@ -15,7 +15,7 @@ someone else changed it in between, so we re-read and decide again.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,16 +66,37 @@ def parse_state(raw: bytes | str | None) -> State | None:
         return None
 
 
-def _decide(entry: EntryDef, raw_state: bytes | None, now: int, source: str, enabled: bool | None) -> tuple[str, UpsertItem | None]:
+@dataclass
+class Restore:
+    """Where a newly created entry starts when it comes from elsewhere (import)."""
+
+    next: int | None  #: its next tick; None: computed from now as for a new entry
+    runs: int = 0
+    last: int | None = None
+    enabled: bool = True
+
+
+def _decide(
+    entry: EntryDef,
+    raw_state: bytes | None,
+    now: int,
+    source: str,
+    enabled: bool | None,
+    from_now: bool = True,
+    restore: Restore | None = None,
+) -> tuple[str, UpsertItem | None]:
     """What to write for one entry, given its stored state; (outcome, item or None)."""
     st = parse_state(raw_state)
     dh, sh = entry.definition_hash, entry.schedule_hash
 
-    def item(expected: int | None | str, nxt: int | str | None, on: bool) -> UpsertItem:
-        return UpsertItem(entry.name, expected, entry.to_json(), dh, sh, source, nxt, on)
+    def item(expected: int | None | str, nxt: int | str | None, on: bool, runs: int | None = None, last: int | None = None) -> UpsertItem:
+        return UpsertItem(entry.name, expected, entry.to_json(), dh, sh, source, nxt, on, runs, last)
 
     if st is None:
         expected: int | str | None = None if raw_state is None else "!"
+        if restore is not None:
+            nxt = entry.schedule.first_after(now) if restore.next is None else restore.next
+            return "created", item(expected, nxt, restore.enabled if enabled is None else enabled, restore.runs, restore.last)
         return "created", item(expected, entry.schedule.first_after(now), True if enabled is None else enabled)
     want = st.enabled if enabled is None else enabled
     resuming = want and not st.enabled
@@ -83,15 +104,27 @@ def _decide(entry: EntryDef, raw_state: bytes | None, now: int, source: str, ena
         return "unchanged", None
     if st.schedule_hash != sh:
         return "updated", item(st.version, entry.schedule.first_after(now), want)
-    if resuming and st.hold is not None:
+    if resuming and from_now and st.hold is not None:
         # continue the schedule from now, on its own phase: no burst of missed runs
         return "resumed", item(st.version, entry.schedule.at_or_after(st.hold, now + 1), want)
     outcome = "updated" if st.definition_hash != dh else ("resumed" if want else "paused")
     return outcome, item(st.version, "keep", want)
 
 
-def upsert(store: RedisStore, entries: Sequence[EntryDef], source: str, enabled: bool | None = None) -> dict[str, str]:
-    """Write entries idempotently; returns name -> created/updated/unchanged/paused/resumed."""
+def upsert(
+    store: RedisStore,
+    entries: Sequence[EntryDef],
+    source: str | Mapping[str, str],
+    enabled: bool | None = None,
+    *,
+    from_now: bool = True,
+    restore: Mapping[str, Restore] | None = None,
+) -> dict[str, str]:
+    """Write entries idempotently; returns name -> created/updated/unchanged/paused/resumed.
+
+    ``source`` is "static" or "api", or one per entry name. ``restore`` gives
+    entries that do not exist yet their next tick, runs and last tick.
+    """
     results: dict[str, str] = {}
     for start in range(0, len(entries), CHUNK):
         pending = {e.name: e for e in entries[start : start + CHUNK]}
@@ -99,7 +132,8 @@ def upsert(store: RedisStore, entries: Sequence[EntryDef], source: str, enabled:
             now, snap = store.snapshot(list(pending))
             items, outcomes = [], {}
             for name, entry in pending.items():
-                outcome, it = _decide(entry, snap[name][0], now, source, enabled)
+                src = source if isinstance(source, str) else source[name]
+                outcome, it = _decide(entry, snap[name][0], now, src, enabled, from_now, (restore or {}).get(name))
                 if it is None:
                     results[name] = outcome
                 else:

@@ -25,8 +25,8 @@ from . import __version__, registry
 from .catchup import plan
 from .config import Settings, redact
 from .definitions import DefinitionError, EntryDef, from_beat_entry
-from .dispatch import publish
-from .store import ClaimItem, Peek, RedisStore, connect, member
+from .dispatch import publish, task_id_for
+from .store import Ack, ClaimItem, Peek, RedisStore, connect, member
 
 logger = get_logger(__name__)
 
@@ -55,7 +55,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._registered = False
         self._epoch = ""
         self._closed = False
-        self._acks: list[str] = []
+        self._acks: list[Ack] = []
         self._unpublished: set[str] = set()
         self._defs: dict[tuple[str, str], EntryDef] = {}
         self._reported: set[str] = set()
@@ -148,6 +148,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "pid": os.getpid(),
                 "started": int(time.time() * 1000),
                 "version": __version__,
+                "ttl": self.heartbeat_ms,
                 "static": [e.name for e in self.static_entries],
             }
             _, self._epoch = self.store.register(self.instance_id, self.heartbeat_ms, json.dumps(info), uuid.uuid4().hex)
@@ -178,8 +179,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         client = connect(self.settings)
         try:
             store = RedisStore(client, self.settings.key_prefix)
-            store.ack(self._acks)
-            store.ack(sorted(self._unpublished), release=True)
+            store.ack(self._acks, self.instance_id)
+            store.release(sorted(self._unpublished))
             self._acks, self._unpublished = [], set()
             if self._registered:
                 store.prune(leaving=self.instance_id)
@@ -225,7 +226,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if more:
             return 0.0
         if self._acks:
-            store.ack(self._acks)
+            store.ack(self._acks, self.instance_id)
             self._acks = []
         if not wake:
             return float(self.max_interval)
@@ -235,11 +236,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         for r in peek.reaped:
             entry = self._parse(r.name, r.definition)
             if entry is None:
-                self._acks.append(r.member)  # nothing publishable; drop the record
+                self._acks.append(Ack(r.member, "", "x"))  # nothing publishable; drop the record
                 continue
             self._unpublished.add(r.member)
             logger.warning("redbeat_safe: re-publishing %s tick %d, whose claim expired unacknowledged", r.name, r.tick)
-            if not self._send(entry, r.name, r.tick):
+            if not self._send(entry, r.name, r.tick, kind="r"):
                 return
 
     def _plan(self, peek: Peek) -> list[tuple[ClaimItem, EntryDef | None]]:
@@ -299,13 +300,14 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         held = time.monotonic() - self._lease_start
         return held < self.settings.lease_ms / 1000.0 * 0.8
 
-    def _send(self, entry: EntryDef, name: str, tick: int) -> bool:
+    def _send(self, entry: EntryDef, name: str, tick: int, kind: str = "s") -> bool:
         """Publish one tick; False (and leave it in flight for the reaper) on failure."""
         m = member(name, tick)
         if not self._lease_left():
             logger.warning("redbeat_safe: the lease on %s tick %d ran out before it was published; leaving it to the reaper", name, tick)
             return False
         logger.info("Scheduler: Sending due task %s (%s) for tick %d", name, entry.task, tick)
+        task_id = task_id_for(self.settings.key_prefix, name, tick)
         try:
             publish(self.app, entry, self.settings.key_prefix, tick, producer=self.producer)
         except Exception as exc:
@@ -315,8 +317,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             # Retrying cannot help (arguments the task refuses, an unserialisable
             # value): Celery's beat would drop the tick too, but we say so loudly.
             logger.error("redbeat_safe: dropping %s tick %d: %s: %s (retrying would fail the same way)", name, tick, type(exc).__name__, exc)
+            kind = "x"
         self._unpublished.discard(m)
-        self._acks.append(m)
+        self._acks.append(Ack(m, task_id, kind))
         self.published += 1
         return True
 

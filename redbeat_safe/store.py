@@ -8,7 +8,7 @@ by SHA; redis-py reloads one the server has forgotten (restart, SCRIPT FLUSH).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -17,7 +17,9 @@ import redis
 
 from .config import Settings
 
-_SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "register", "prune")
+_SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune")
+#: Dispatches remembered per entry (its history list is trimmed to this).
+HISTORY_LENGTH = 100
 
 
 def _load_scripts() -> dict[str, str]:
@@ -43,7 +45,13 @@ class Keys:
         self.flight = f"{tag}:flight"  # hash: "<tick>:<entry>" -> definition JSON it was claimed under
         self.instances = f"{tag}:instances"  # zset: instance id -> heartbeat deadline (ms)
         self.instinfo = f"{tag}:instinfo"  # hash: instance id -> JSON (host, pid, static names)
+        self.inststats = f"{tag}:inststats"  # hash: instance id -> ticks it published
         self.meta = f"{tag}:meta"  # hash: epoch (changes if Redis lost the data)
+        self._history = f"{tag}:history:"
+
+    def history(self, name: str) -> str:
+        """list: the entry's latest dispatches, newest first (JSON records)."""
+        return self._history + name
 
 
 def _s(value: Any) -> str:
@@ -111,10 +119,25 @@ class UpsertItem:
     source: str
     next: int | str | None  #: ms, "keep", or None (no future tick)
     enabled: bool
+    runs: int | None = None  #: when creating: runs already made elsewhere (import)
+    last: int | None = None  #: when creating: the last tick already run elsewhere (import)
+
+
+@dataclass
+class Ack:
+    """A published tick: its in-flight member, its task id and how it came to be sent."""
+
+    member: str
+    task_id: str
+    kind: str = "s"  #: "s" scheduled, "r" re-published by the reaper, "t" triggered
 
 
 def member(name: str, tick: int) -> str:
     return f"{tick}:{name}"
+
+
+def _flat(acks: Sequence[Ack]) -> list[str]:
+    return [x for a in acks for x in (a.member, a.task_id, a.kind)]
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -150,13 +173,14 @@ class RedisStore:
         for it in items:
             nxt = "" if it.next is None else str(it.next)
             expected = "-" if it.expected_version is None else str(it.expected_version)
-            args += [it.name, expected, it.definition, it.definition_hash, it.schedule_hash, it.source, nxt, "1" if it.enabled else "0"]
+            args += [it.name, expected, it.definition, it.definition_hash, it.schedule_hash, it.source, nxt, "1" if it.enabled else "0",
+                     "" if it.runs is None else it.runs, "" if it.last is None else it.last]
         result = self._call("upsert", [k.due, k.defs, k.state, k.static], args)
         return [_s(r) == "ok" for r in result]
 
     def remove(self, names: Sequence[str]) -> int:
         k = self.keys
-        return int(self._call("remove", [k.due, k.defs, k.state, k.static], names))
+        return int(self._call("remove", [k.due, k.defs, k.state, k.static, *(k.history(n) for n in names)], names))
 
     def definitions(self, names: Sequence[str]) -> list[bytes | None]:
         if not names:
@@ -195,11 +219,12 @@ class RedisStore:
         lease_ms: int,
         max_due: int,
         max_reap: int,
-        acks: Iterable[str] = (),
+        acks: Sequence[Ack] = (),
     ) -> Peek:
         k = self.keys
-        args: list[Any] = [instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), *acks]
-        raw = self._call("peek", [k.due, k.state, k.inflight, k.flight, k.instances, k.meta, k.instinfo], args)
+        keys = [k.due, k.state, k.inflight, k.flight, k.instances, k.meta, k.instinfo, k.inststats, *self._history_keys(acks)]
+        args: list[Any] = [instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), HISTORY_LENGTH, len(acks), *_flat(acks)]
+        raw = self._call("peek", keys, args)
         pos = 7
         due = []
         for _ in range(int(raw[6])):
@@ -220,6 +245,9 @@ class RedisStore:
             reaped=reaped,
         )
 
+    def _history_keys(self, acks: Sequence[Ack]) -> list[str]:
+        return [self.keys.history(a.member.split(":", 1)[1]) for a in acks]
+
     def claim(self, items: Sequence[ClaimItem], lease_ms: int) -> tuple[int, list[bool]]:
         k = self.keys
         args: list[Any] = [lease_ms, len(items)]
@@ -230,10 +258,28 @@ class RedisStore:
         raw = self._call("claim", [k.due, k.state, k.defs, k.inflight, k.flight], args)
         return int(raw[0]), [bool(int(x)) for x in raw[1:]]
 
-    def ack(self, members: Sequence[str], release: bool = False) -> None:
+    def ack(self, acks: Sequence[Ack], instance: str = "") -> None:
+        """Forget published ticks and append them to their entries' histories."""
+        if acks:
+            k = self.keys
+            keys = [k.inflight, k.flight, k.inststats, *self._history_keys(acks)]
+            self._call("ack", keys, ["ack", instance, HISTORY_LENGTH, len(acks), *_flat(acks)])
+
+    def release(self, members: Sequence[str]) -> None:
+        """Make unpublished claims due for reaping now (a clean shutdown)."""
         if members:
             k = self.keys
-            self._call("ack", [k.inflight, k.flight], ["release" if release else "ack", *members])
+            self._call("ack", [k.inflight, k.flight, k.inststats], ["release", "", HISTORY_LENGTH, len(members), *members])
+
+    def trigger(self, name: str, version: int, step_ms: int, anchor_ms: int, lease_ms: int) -> int | None:
+        """Claim an unscheduled run of ``name`` now; None if the entry changed meanwhile."""
+        k = self.keys
+        tick = self._call("trigger", [k.due, k.state, k.defs, k.inflight, k.flight], [name, version, step_ms, anchor_ms, lease_ms])
+        return None if tick is None else int(tick)
+
+    def history(self, name: str, limit: int) -> list[bytes]:
+        rows: list[Any] = self.client.lrange(self.keys.history(name), 0, max(0, limit - 1))
+        return rows
 
     # -- instances --------------------------------------------------------
     def register(self, instance: str, heartbeat_ms: int, info_json: str, epoch: str) -> tuple[int, str]:
@@ -243,5 +289,31 @@ class RedisStore:
 
     def prune(self, leaving: str = "") -> list[str]:
         k = self.keys
-        removed = self._call("prune", [k.instances, k.instinfo, k.static, k.due, k.defs, k.state], [leaving])
-        return [_s(n) for n in removed]
+        removed = [_s(n) for n in self._call("prune", [k.instances, k.instinfo, k.static, k.due, k.defs, k.state], [leaving])]
+        if removed:  # their names were only known inside the script
+            self.client.delete(*(k.history(n) for n in removed))
+        return removed
+
+    def instances(self) -> tuple[int, list[tuple[str, int, bytes | None, int]]]:
+        """Server time and each registered instance: (id, heartbeat deadline, info JSON, ticks published)."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        pipe.zrange(k.instances, 0, -1, withscores=True)
+        pipe.hgetall(k.instinfo)
+        pipe.hgetall(k.inststats)
+        results: list[Any] = pipe.execute()
+        (sec, usec), members, raw_infos, raw_stats = results
+        infos = {_s(i): v for i, v in raw_infos.items()}
+        stats = {_s(i): int(v) for i, v in raw_stats.items()}
+        rows = [(_s(i), int(score), infos.get(_s(i)), stats.get(_s(i), 0)) for i, score in members]
+        return int(sec) * 1000 + int(usec) // 1000, rows
+
+    def inflight(self) -> list[tuple[str, int]]:
+        """Every claimed, unacknowledged tick with its lease deadline."""
+        rows: list[Any] = self.client.zrange(self.keys.inflight, 0, -1, withscores=True)
+        return [(_s(m), int(score)) for m, score in rows]
+
+    def due_between(self, low_ms: int, high_ms: int) -> list[tuple[str, int]]:
+        rows: list[Any] = self.client.zrangebyscore(self.keys.due, low_ms, high_ms, withscores=True)
+        return [(_s(n), int(s)) for n, s in rows]

@@ -1,16 +1,15 @@
 -- One read per beat loop: acknowledge what was published, heartbeat, re-lease
 -- expired in-flight ticks to this instance (the reaper), and list due entries.
--- KEYS: due, state, inflight, flight, instances, meta, instinfo
+-- KEYS: due, state, inflight, flight, instances, meta, instinfo, inststats,
+--       then one history key per acknowledgement
 -- ARGV: instance id, heartbeat ttl ms, lease ms, max due, max reaped,
---       window (0..1, spreads instances over a long due list), acks...
+--       window (0..1, spreads instances over a long due list), history length,
+--       ack count n, then n {member, task id, kind} triples
 -- Returns: {now, epoch, dead instances?, registered?, next future tick, next lease deadline,
 --           #due, name, score, state, ..., #reaped, member, definition, ...}
 local now = now_ms()
 local lease, max_due, max_reap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-for i = 7, #ARGV do
-  redis.call('ZREM', KEYS[3], ARGV[i])
-  redis.call('HDEL', KEYS[4], ARGV[i])
-end
+ack_all(KEYS[3], KEYS[4], KEYS[8], ARGV[1], now, 9, tonumber(ARGV[8]), 9, tonumber(ARGV[7]))
 redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), ARGV[1])
 local dead = #redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1)
 

@@ -1,17 +1,18 @@
 -- Create or change entries, each as a compare-and-set on its definition version.
 -- KEYS: due, defs, state, static
--- ARGV: count, then per entry 8 values:
+-- ARGV: count, then per entry 10 values:
 --   name, expected version ('-' = must not exist, '!' = its state is corrupt),
 --   definition JSON, definition
 --   hash, schedule hash, source ('static' | 'api'), next ('keep' = leave the
 --   current next tick alone, '' = the entry has no future tick, else ms),
---   enabled ('1' | '0')
+--   enabled ('1' | '0'), runs and last tick to start from when the entry is
+--   created ('' = 0 and none; used by import to keep a history's phase)
 -- Returns one status per entry: 'ok' or 'conflict' (re-read and try again).
 local now = now_ms()
 local out = {}
 local n = tonumber(ARGV[1])
 for i = 0, n - 1 do
-  local b = 2 + i * 8
+  local b = 2 + i * 10
   local name, expected, def, dh, sh, src, nxt, enabled =
     ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7] == '1'
   local raw = redis.call('HGET', KEYS[3], name)
@@ -28,7 +29,7 @@ for i = 0, n - 1 do
   if ok and st == nil then
     redis.call('ZREM', KEYS[1], name)
     score = false
-    st = {ver = 0, runs = 0, last = -1, hold = -1, done = false, ctime = now}
+    st = {ver = 0, runs = tonumber(ARGV[b + 8]) or 0, last = tonumber(ARGV[b + 9]) or -1, hold = -1, done = false, ctime = now}
   end
   if ok then
     -- what the next tick would be, before the enabled flag is applied

@@ -1,0 +1,324 @@
+"""``celery -A proj schedules ...``: operate entries from the shell.
+
+Exit status: 0 done, 1 no such entry, 2 bad input (nothing written),
+3 Redis unreachable. Errors go to stderr as one line; ``--json`` everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from functools import wraps
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import click
+import redis
+
+from .api import EntryNotFound, Schedules
+from .config import redact
+from .definitions import DefinitionError
+from .schedules import ScheduleError, every, ms_to_datetime, pattern
+from .transfer import ImportRefused, export, import_export, import_redbeat
+
+F = TypeVar("F", bound=Callable[..., Any])
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_INTERVAL = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+class Failure(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_interval(text: str) -> float:
+    """'30s', '5m', '1h30m', '1d', '250ms' or a plain number of seconds -> seconds."""
+    value = text.strip().lower()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = _INTERVAL.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise Failure(2, f"cannot read interval {text!r}: use e.g. 30s, 5m, 1h30m, 1d or 250ms")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def _json_arg(text: str | None, kind: type, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise Failure(2, f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise Failure(2, f"{what} must be a JSON {'array' if kind is list else 'object'}")
+    return value
+
+
+def _when(text: str | None, zone: str, what: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise Failure(2, f"{what} {text!r} is not an ISO 8601 date-time") from None
+    return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(zone))
+
+
+def _handled(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Failure as exc:
+            code, message = exc.code, str(exc)
+        except EntryNotFound as exc:
+            code, message = 1, str(exc)
+        except (DefinitionError, ScheduleError, ImportRefused) as exc:
+            code, message = 2, f"refused, nothing written: {exc}"
+        except redis.RedisError as exc:
+            code, message = 3, f"Redis unavailable: {exc}"
+        click.echo(f"error: {message}", err=True)
+        sys.exit(code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _api(ctx: click.Context) -> Schedules:
+    return Schedules(ctx.obj.app)
+
+
+def _emit(as_json: bool, data: Any, human: Callable[[], str]) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else human())
+
+
+def _ago(ms: int | None, now: int) -> str:
+    if ms is None:
+        return "-"
+    delta = (ms - now) / 1000
+    when = ms_to_datetime(ms).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    span = abs(delta)
+    text = f"{span:.0f}s" if span < 120 else f"{span / 60:.0f}m" if span < 7200 else f"{span / 3600:.1f}h"
+    return f"{when} ({'in ' + text if delta >= 0 else text + ' ago'})"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def _ms(d: datetime | None) -> int | None:
+    return None if d is None else int(d.timestamp() * 1000)
+
+
+def _now() -> int:
+    return int(datetime.now(timezone.utc).timestamp() * 1000)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(name="schedules")
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """Operate redbeat_safe entries: list, add, pause, trigger, export, ..."""
+
+
+@schedules.command(name="list")
+@json_option
+@click.pass_context
+@_handled
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """Every entry with its schedule, next and last tick."""
+    entries = _api(ctx).list()
+    now = _now()
+    rows = [
+        (e.name, e.schedule.human(), e.task, "finished" if e.finished else ("yes" if e.enabled else "paused"),
+         _ago(_ms(e.next_tick), now), _ago(_ms(e.last_tick), now), e.total_runs, e.source)
+        for e in entries
+    ]
+    _emit(as_json, [e.as_dict() for e in entries],
+          lambda: _table(("NAME", "SCHEDULE", "TASK", "ENABLED", "NEXT", "LAST", "RUNS", "SOURCE"), rows) if rows else "no entries")
+
+
+@schedules.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+@_handled
+def show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """One entry in full."""
+    e = _api(ctx).get(name)
+    if e is None:
+        raise EntryNotFound(name)
+    data = e.as_dict()
+    _emit(as_json, data, lambda: "\n".join(f"{k:>13}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in data.items()))
+
+
+@schedules.command()
+@click.argument("name")
+@click.option("--task", required=True, help="Task name to send.")
+@click.option("--every", "interval", help="Interval: 30s, 5m, 1h30m, 1d.")
+@click.option("--pattern", "expr", help="Cron pattern, 5 fields or 6 with seconds first.")
+@click.option("--tz", help="IANA zone of the pattern (default: the app's timezone).")
+@click.option("--args", "args_json", help="Positional arguments, a JSON array.")
+@click.option("--kwargs", "kwargs_json", help="Keyword arguments, a JSON object.")
+@click.option("--queue", help="Queue to route to.")
+@click.option("--start", help="ISO date-time of the first tick (naive = the app's timezone).")
+@click.option("--end", help="ISO date-time after which it stops.")
+@click.option("--limit", type=int, help="At most this many runs.")
+@click.option("--catchup", type=click.Choice(["coalesce", "skip", "all"]), help="Missed-tick policy for this entry.")
+@click.option("--paused", is_flag=True, help="Create it paused.")
+@json_option
+@click.pass_context
+@_handled
+def add(ctx: click.Context, name: str, task: str, interval: str | None, expr: str | None, tz: str | None,
+        args_json: str | None, kwargs_json: str | None, queue: str | None, start: str | None, end: str | None,
+        limit: int | None, catchup: str | None, paused: bool, as_json: bool) -> None:
+    """Create or change an entry (idempotent)."""
+    api = _api(ctx)
+    zone = api.settings.timezone
+    if (interval is None) == (expr is None):
+        raise Failure(2, "give exactly one of --every or --pattern")
+    if tz is not None and expr is None:
+        raise Failure(2, "--tz applies to --pattern only")
+    common: dict[str, Any] = {"start": _when(start, zone, "--start"), "end": _when(end, zone, "--end"), "limit": limit, "catchup": catchup}
+    sched = every(parse_interval(interval), **common) if interval is not None else pattern(expr or "", tz=tz, **common)
+    options = {"queue": queue} if queue else None
+    outcome = api.upsert(name, task, sched, _json_arg(args_json, list, "--args") or (), _json_arg(kwargs_json, dict, "--kwargs"),
+                         options, enabled=not paused)
+    e = api.get(name)
+    data = {"outcome": outcome, "entry": e.as_dict() if e else None}
+    _emit(as_json, data, lambda: f"{name}: {outcome}; next tick {_ago(_ms(e.next_tick) if e else None, _now())}")
+
+
+_HELP = {
+    "remove": "Delete an entry (ticks already claimed are still sent).",
+    "pause": "Stop dispatching an entry until resumed.",
+    "resume": "Dispatch a paused entry again, from its next tick after now (no burst).",
+    "trigger": "Dispatch an entry now, outside its schedule; prints the task id.",
+}
+
+
+def _simple(verb: str, action: Callable[[Schedules, str], Any]) -> None:
+    @schedules.command(name=verb, help=_HELP[verb])
+    @click.argument("name")
+    @json_option
+    @click.pass_context
+    @_handled
+    def command(ctx: click.Context, name: str, as_json: bool) -> None:
+        result = action(_api(ctx), name)
+        _emit(as_json, {"name": name, "result": result}, lambda: f"{name}: {result}")
+
+
+def _remove(api: Schedules, name: str) -> str:
+    if not api.remove(name):
+        raise EntryNotFound(name)
+    return "removed"
+
+
+_simple("remove", _remove)
+_simple("pause", lambda api, name: api.pause(name))
+_simple("resume", lambda api, name: api.resume(name))
+_simple("trigger", lambda api, name: api.trigger(name))
+
+
+@schedules.command()
+@click.argument("name")
+@click.option("--limit", default=20, show_default=True, help="How many of the latest dispatches.")
+@json_option
+@click.pass_context
+@_handled
+def history(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
+    """The latest dispatches of an entry: nominal tick, task id, instance, time published."""
+    api = _api(ctx)
+    if api.get(name) is None:
+        raise EntryNotFound(name)
+    rows = api.history(name, limit)
+    table = [(d.tick.astimezone().isoformat(timespec="milliseconds"), d.kind, d.task_id, d.instance,
+              f"{(_ms(d.published_at) or 0) - d.tick_ms:+d} ms") for d in rows]
+    _emit(as_json, [d.as_dict() for d in rows],
+          lambda: _table(("TICK", "KIND", "TASK ID", "BY", "PUBLISHED"), table) if table else "no dispatches yet")
+
+
+@schedules.command()
+@json_option
+@click.pass_context
+@_handled
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Beat instances, entries due in the next minute, ticks in flight, the most late entry."""
+    api = _api(ctx)
+    data = api.status()
+    data["redis"] = redact(api.settings.redis_url)
+    data["prefix"] = api.settings.key_prefix
+
+    def human() -> str:
+        now = data["now_ms"]
+        inst = [(i["id"], "alive" if i["alive"] else "expired", i["ticks_dispatched"], i["static_entries"],
+                 i["started"] or "-", i["last_heartbeat"] or "-") for i in data["instances"]]
+        lines = [f"redis {data['redis']}  keys {{{data['prefix']}}}:*", "",
+                 _table(("INSTANCE", "STATE", "TICKS SENT", "STATIC", "STARTED", "LAST HEARTBEAT"), inst) if inst else "no beat instances",
+                 ""]
+        soon = [(d["name"], _ago(d["tick_ms"], now)) for d in data["due_next_minute"]]
+        lines.append(_table(("DUE IN THE NEXT MINUTE", "TICK"), soon) if soon else "nothing due in the next minute")
+        lines.append(f"in flight: {len(data['in_flight'])} tick(s)" + "".join(
+            f"\n  {f['name']} @ {f['tick_ms']} (lease {f['lease_left_ms'] / 1000:.1f}s left)" for f in data["in_flight"]))
+        late = data["most_late"]
+        lines.append("most late: none" if late is None else f"most late: {late['name']}, {late['late_ms'] / 1000:.1f}s behind")
+        return "\n".join(lines)
+
+    _emit(as_json, data, human)
+
+
+@schedules.command(name="export")
+@click.pass_context
+@_handled
+def export_(ctx: click.Context) -> None:
+    """Write every entry as JSON to stdout (for `import`)."""
+    click.echo(json.dumps(export(_api(ctx).store), indent=2, sort_keys=True))
+
+
+@schedules.command(name="import")
+@click.argument("file", type=click.File("r"))
+@click.option("--dry-run", is_flag=True, help="Check and show, write nothing.")
+@json_option
+@click.pass_context
+@_handled
+def import_(ctx: click.Context, file: Any, dry_run: bool, as_json: bool) -> None:
+    """Load entries written by `export` (idempotent; keeps each entry's phase)."""
+    try:
+        data = json.load(file)
+    except ValueError as exc:
+        raise Failure(2, f"{file.name} is not JSON: {exc}") from None
+    report = import_export(_api(ctx).store, data, dry_run=dry_run)
+    _emit(as_json, report.as_dict(), lambda: _table(("NAME", "RESULT"), sorted(report.results.items())))
+
+
+@schedules.command(name="import-redbeat")
+@click.option("--redbeat-prefix", default=None, help="celery-redbeat's key prefix (default: redbeat_key_prefix, else 'redbeat:').")
+@click.option("--redbeat-url", default=None, help="Redis holding celery-redbeat's keys (default: redbeat_redis_url, else ours).")
+@click.option("--dry-run", is_flag=True, help="Show what would be created, write nothing.")
+@json_option
+@click.pass_context
+@_handled
+def import_redbeat_(ctx: click.Context, redbeat_prefix: str | None, redbeat_url: str | None, dry_run: bool, as_json: bool) -> None:
+    """Create entries equivalent to celery-redbeat's, on its phase (last runs kept)."""
+    api = _api(ctx)
+    conf = ctx.obj.app.conf
+    prefix = redbeat_prefix or conf.get("redbeat_key_prefix") or "redbeat:"
+    url = redbeat_url or conf.get("redbeat_redis_url") or api.settings.redis_url
+    source = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        report = import_redbeat(api.store, source, prefix, api.settings.timezone, dry_run=dry_run)
+    finally:
+        source.close()
+    rows = sorted(report.results.items()) + [(k, f"NOT CONVERTED: {v}") for k, v in sorted(report.skipped.items())]
+    _emit(as_json, report.as_dict(), lambda: _table(("ENTRY", "RESULT"), rows) if rows else f"no celery-redbeat entries under {prefix!r}")
+    if report.skipped:
+        sys.exit(2)

@@ -1,0 +1,170 @@
+"""Backup and migration: export/import of our own entries, and import from celery-redbeat.
+
+Imports keep phase: a new entry starts at the next tick its source would have
+run (and with its run count and last run), so nothing fires early or twice.
+Everything is validated before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis
+from celery import schedules as cs
+
+from . import registry
+from .definitions import DefinitionError, EntryDef, build, canonical_json
+from .registry import Restore
+from .schedules import ScheduleError, ms_to_datetime, to_ms
+from .store import RedisStore
+
+FORMAT = "redbeat_safe-export"
+VERSION = 1
+
+
+class ImportRefused(ValueError):
+    """The input cannot be imported; nothing was written."""
+
+
+@dataclass
+class Report:
+    results: dict[str, str] = field(default_factory=dict)  #: name -> created/updated/unchanged/...
+    skipped: dict[str, str] = field(default_factory=dict)  #: name -> why it was not converted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"results": self.results, "skipped": self.skipped}
+
+
+def export(store: RedisStore) -> dict[str, Any]:
+    """Every readable entry: its definition exactly as stored, and where it stands."""
+    defs, states, due = store.read_all()
+    entries = []
+    for name in sorted(defs):
+        st = registry.parse_state(states.get(name))
+        if st is None:
+            continue
+        entries.append({
+            "name": name,
+            "definition": json.loads(defs[name]),
+            "enabled": st.enabled,
+            "source": st.source,
+            "next_tick_ms": due.get(name, st.hold),
+            "last_tick_ms": st.last,
+            "runs": st.runs,
+        })
+    now, _ = store.snapshot([])
+    return {"format": FORMAT, "version": VERSION, "prefix": store.keys.prefix, "exported_at_ms": now, "entries": entries}
+
+
+def _write(store: RedisStore, entries: list[EntryDef], sources: dict[str, str], restore: dict[str, Restore]) -> dict[str, str]:
+    results: dict[str, str] = {}
+    for enabled in (True, False):
+        group = [e for e in entries if restore[e.name].enabled is enabled]
+        if group:
+            results.update(registry.upsert(store, group, sources, enabled=enabled, restore=restore))
+    return results
+
+
+def import_export(store: RedisStore, data: Any, dry_run: bool = False) -> Report:
+    """Load a file written by export(); idempotent (a second import changes nothing)."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ImportRefused(f"not a redbeat_safe export (expected format {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise ImportRefused(f"unsupported export version {data.get('version')!r}")
+    entries, sources, restore, problems = [], {}, {}, []
+    for item in data.get("entries") or []:
+        try:
+            name = item["name"]
+            entry = EntryDef.from_json(name, canonical_json(item["definition"]))
+            sources[name] = "static" if item.get("source") == "static" else "api"
+            restore[name] = Restore(next=item.get("next_tick_ms"), runs=int(item.get("runs") or 0),
+                                    last=item.get("last_tick_ms"), enabled=bool(item.get("enabled", True)))
+            entries.append(entry)
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"{item.get('name', '?') if isinstance(item, dict) else '?'}: {exc}")
+    if problems:
+        raise ImportRefused("refused, nothing was written: " + "; ".join(problems))
+    report = Report()
+    if dry_run:
+        report.results = {e.name: "would import" for e in entries}
+        return report
+    report.results = _write(store, entries, sources, restore)
+    return report
+
+
+# -- celery-redbeat --------------------------------------------------------
+
+def _decode(value: Any) -> Any:
+    """celery-redbeat's JSON objects ({"__type__": ...}) into plain Python."""
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    decoded = {k: _decode(v) for k, v in value.items()}
+    kind = decoded.pop("__type__", None)
+    if kind == "datetime":
+        zone = decoded.pop("timezone", "UTC")
+        if isinstance(zone, (int, float)):
+            tz: Any = timezone(timedelta(seconds=zone))
+        else:
+            from zoneinfo import ZoneInfo
+
+            tz = ZoneInfo(zone)
+        return datetime(tzinfo=tz, **decoded)
+    if kind == "interval":
+        return cs.schedule(run_every=decoded["every"], relative=bool(decoded.get("relative")))
+    if kind == "crontab":
+        return cs.crontab(**decoded)
+    if kind is not None:
+        raise ValueError(f"celery-redbeat {kind!r} schedules have no equivalent here")
+    return decoded
+
+
+def _redbeat_entry(raw_def: Any, raw_meta: Any, tz: str, now_ms: int) -> tuple[EntryDef, Restore]:
+    d = _decode(json.loads(raw_def))
+    meta = _decode(json.loads(raw_meta)) if raw_meta else {}
+    name = str(d.get("name"))
+    entry = build(name, d.get("task"), d.get("schedule"), d.get("args") or [], d.get("kwargs") or {}, d.get("options") or {}, default_tz=tz)
+    last_run = meta.get("last_run_at")
+    last_ms = to_ms(last_run, "last_run_at") if isinstance(last_run, datetime) else None
+    sched = entry.schedule
+    nxt: int | None
+    if last_ms is None:
+        nxt = now_ms  # celery-redbeat runs a never-run entry at once
+    else:
+        nxt = sched.next_after(last_ms)  # its due time: the next run after the last one
+    runs = int(meta.get("total_run_count") or 0)
+    return entry, Restore(next=nxt, runs=runs, last=last_ms, enabled=bool(d.get("enabled", True)))
+
+
+def import_redbeat(store: RedisStore, source: redis.Redis, prefix: str, tz: str, dry_run: bool = False) -> Report:
+    """Create entries equivalent to celery-redbeat's (its ``<prefix>:schedule`` zset and entry hashes)."""
+    keys: list[Any] = source.zrange(prefix + ":schedule", 0, -1)
+    now, _ = store.snapshot([])
+    entries, restore, report = [], {}, Report()
+    for key in keys:
+        label = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        label = label[len(prefix):] if label.startswith(prefix) else label  # its entry name
+        raw_def, raw_meta = source.hmget(key, ["definition", "meta"])
+        if raw_def is None:
+            report.skipped[label] = "no definition field"
+            continue
+        try:
+            entry, rest = _redbeat_entry(raw_def, raw_meta, tz, now)
+        except (DefinitionError, ScheduleError, ValueError, TypeError, KeyError) as exc:
+            report.skipped[label] = str(exc)
+            continue
+        if rest.next is None:
+            report.skipped[label] = "its schedule has no future run"
+            continue
+        entries.append(entry)
+        restore[entry.name] = rest
+    if dry_run:
+        report.results = {e.name: f"would import: {e.schedule.human()}, next {ms_to_datetime(restore[e.name].next or 0).isoformat()}"
+                          for e in entries}
+        return report
+    report.results = _write(store, entries, {e.name: "api" for e in entries}, restore)
+    return report

@@ -1,0 +1,171 @@
+"""What the API reports: entries, dispatches and beat instances, as plain data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from . import registry
+from .definitions import DefinitionError, EntryDef
+from .schedules import Schedule, ms_to_datetime
+
+KINDS = {"s": "scheduled", "r": "republished", "t": "triggered", "x": "refused"}
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else ms_to_datetime(ms)
+
+
+def _iso(d: datetime | None) -> str | None:
+    return None if d is None else d.isoformat()
+
+
+@dataclass
+class Entry:
+    """One stored entry."""
+
+    name: str
+    task: str
+    schedule: Schedule
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    enabled: bool
+    next_tick: datetime | None  #: None when paused or finished
+    last_tick: datetime | None
+    total_runs: int
+    source: str  #: "static" (a beat_schedule) or "api"
+    created_at: datetime | None
+    updated_at: datetime | None  #: when the definition or the enabled flag last changed
+
+    @property
+    def finished(self) -> bool:
+        return self.enabled and self.next_tick is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "schedule": self.schedule.human(),
+            "schedule_spec": self.schedule.to_json(),
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "options": self.options,
+            "enabled": self.enabled,
+            "finished": self.finished,
+            "next_tick": _iso(self.next_tick),
+            "last_tick": _iso(self.last_tick),
+            "total_runs": self.total_runs,
+            "source": self.source,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+def entry_from_records(name: str, raw_def: bytes | None, raw_state: bytes | None, score: int | None) -> Entry | None:
+    """An Entry from its stored records; None when either is missing or unreadable."""
+    st = registry.parse_state(raw_state)
+    if raw_def is None or st is None:
+        return None
+    try:
+        d = EntryDef.from_json(name, raw_def)
+    except DefinitionError:
+        return None
+    return Entry(
+        name=name,
+        task=d.task,
+        schedule=d.schedule,
+        args=d.args,
+        kwargs=d.kwargs,
+        options=d.options,
+        enabled=st.enabled,
+        next_tick=_dt(score),
+        last_tick=_dt(st.last),
+        total_runs=st.runs,
+        source=st.source,
+        created_at=_dt(st.created_ms),
+        updated_at=_dt(st.updated_ms),
+    )
+
+
+@dataclass
+class Dispatch:
+    """One published tick, as remembered in the entry's bounded history."""
+
+    tick: datetime
+    tick_ms: int
+    task_id: str
+    instance: str
+    published_at: datetime
+    kind: str  #: scheduled, republished (by the reaper), triggered, refused (the task would not take it)
+
+    @classmethod
+    def from_record(cls, raw: bytes) -> Dispatch:
+        data = json.loads(raw)
+        return cls(
+            tick=ms_to_datetime(int(data["tick"])),
+            tick_ms=int(data["tick"]),
+            task_id=str(data["id"]),
+            instance=str(data["by"]),
+            published_at=ms_to_datetime(int(data["at"])),
+            kind=KINDS.get(str(data["kind"]), str(data["kind"])),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tick": _iso(self.tick),
+            "tick_ms": self.tick_ms,
+            "task_id": self.task_id,
+            "instance": self.instance,
+            "published_at": _iso(self.published_at),
+            "kind": self.kind,
+        }
+
+
+@dataclass
+class Instance:
+    """A beat instance that registered with the store."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    started: datetime | None
+    last_heartbeat: datetime | None
+    alive: bool  #: its heartbeat has not expired
+    ticks_dispatched: int
+    static_entries: int
+
+    @classmethod
+    def from_row(cls, now: int, instance: str, deadline: int, raw_info: bytes | None, published: int) -> Instance:
+        try:
+            info: dict[str, Any] = json.loads(raw_info) if raw_info else {}
+        except ValueError:
+            info = {}
+        ttl = info.get("ttl")
+        return cls(
+            id=instance,
+            host=str(info.get("host", "?")),
+            pid=int(info.get("pid", 0)),
+            version=str(info.get("version", "?")),
+            started=_dt(info.get("started")),
+            last_heartbeat=_dt(deadline - int(ttl)) if isinstance(ttl, int) else None,
+            alive=deadline > now,
+            ticks_dispatched=published,
+            static_entries=len(info.get("static", [])),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "started": _iso(self.started),
+            "last_heartbeat": _iso(self.last_heartbeat),
+            "alive": self.alive,
+            "ticks_dispatched": self.ticks_dispatched,
+            "static_entries": self.static_entries,
+        }
