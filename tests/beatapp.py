@@ -12,6 +12,7 @@ from celery import Celery
 from celery.schedules import crontab
 
 import redbeat_safe
+from redbeat_safe.engine import Engine
 from redbeat_safe.scheduler import Scheduler
 
 app = Celery("beatapp")
@@ -57,7 +58,7 @@ def strict(x: int) -> None:
     """Takes exactly one argument: Celery refuses other calls before publishing."""
 
 
-class CrashingScheduler(Scheduler):
+class CrashingEngine(Engine):
     """Dies by SIGKILL right after its first successful claim, before publishing.
 
     A deterministic stand-in for "the host died between claim and publish".
@@ -71,3 +72,7 @@ class CrashingScheduler(Scheduler):
                     json.dump([[it.name, it.ticks] for it, _ in claimed], fh)
             os.kill(os.getpid(), signal.SIGKILL)
         super()._publish_claimed(claimed)
+
+
+class CrashingScheduler(Scheduler):
+    engine_class = CrashingEngine

@@ -256,6 +256,22 @@ def test_sigterm_exits_cleanly_and_deregisters(beats: BeatGroup, redis_server: R
     assert redis_server.client().zcard(Keys(beats.prefix).instances) == 0
 
 
+def test_sigterm_in_the_middle_of_busy_passes_never_crashes(beats: BeatGroup, redis_server: RedisServer) -> None:
+    """The handler runs close() wherever it interrupts tick(): mid Redis reply, mid publish."""
+    busy = {f"e{i}": {"every": 1} for i in range(300)}
+    group = [beats.start(busy, f"busy{i}") for i in range(3)]
+    for b in group:
+        b.wait_log("registered 300 static entries", timeout=60)
+    time.sleep(2)
+    for i, b in enumerate(group):
+        time.sleep(0.137 * (i + 1))  # land at different points of a pass
+        b.signal(signal.SIGTERM)
+    for b in group:
+        assert b.proc is not None and b.proc.wait(20) == 0, b.output()[-2000:]
+        assert "Traceback" not in b.output()
+    assert redis_server.client().zcard(Keys(beats.prefix).instances) == 0
+
+
 def test_scheduler_alias_from_the_entry_point(beats: BeatGroup) -> None:
     a = beats.start({"e": {"every": 1}}, "alias", scheduler="redbeat_safe")
     a.wait_log("registered 1 static entries")
