@@ -91,8 +91,14 @@ def percentile(values: list[int], q: float) -> float | None:
     return float(ordered[rank - 1])
 
 
+def _short(schedule: Schedule) -> str:
+    if isinstance(schedule, every):
+        return f"every {schedule.interval_ms / 1000:g}s"
+    return f"cron {schedule.to_json().get('expr')}"
+
+
 def describe(segments: list[Segment]) -> str:
-    text = " → ".join(s.schedule.human() for s in segments)
+    text = " → ".join(_short(s.schedule) for s in segments)
     return text + (" → removed" if segments[-1].end is not None else "")
 
 
