@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import redis
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
@@ -280,8 +283,11 @@ def execute(kind: str, workers_beat: bool, seconds: float, url: str, root: Path)
                 p.stop()
         if "worker" in run.procs:
             run.procs["worker"].stop()
-    run.rows = account(run)
-    cleanup(run, run_id)
+        try:
+            if run.cutoff:
+                run.rows = account(run)
+        finally:
+            cleanup(run, run_id)
     return run
 
 
@@ -338,16 +344,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     args = parse(argv)
     kinds = ["redbeat_safe"] + (["redbeat"] if args.compare else [])
-    if args.compare:
-        ensure_redbeat()
     root = Path(tempfile.mkdtemp(prefix="redbeat-safe-demo-"))
     server = None
     results: list[tuple[Run, bool]] = []
     try:
+        if args.compare:
+            ensure_redbeat()
         url = os.environ.get("REDIS_URL")
         if not url:
             server = RedisServer(root / "redis", appendonly=False).start()
@@ -356,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             run = execute(kind, args.workers_beat, args.seconds, url, root)
             results.append((run, report(run)))
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, AssertionError, redis.RedisError) as exc:
         progress.clear()
         print(f"demo: could not run: {exc}\n(logs kept in {root})", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ live through its own API, and where its store says an entry's next tick is
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -29,8 +30,6 @@ REDBEAT_REQUIREMENT = "celery-redbeat==2.4.2"
 
 def make_app(env: dict[str, str]) -> Celery:
     """A Celery app in the driver configured exactly like the demo's processes."""
-    import os
-
     os.environ.update(env)
     module = importlib.reload(importlib.import_module("democonfig"))
     app = Celery("demo-driver", set_as_current=False)
@@ -111,7 +110,10 @@ def ensure_redbeat() -> str:
         importlib.import_module("redbeat")
     except ImportError:
         print(f"demo: installing {REDBEAT_REQUIREMENT} into {sys.prefix} for the comparison", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", REDBEAT_REQUIREMENT], check=True, stdin=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", REDBEAT_REQUIREMENT],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip could not install {REDBEAT_REQUIREMENT}:\n{done.stdout}{done.stderr}") from None
         importlib.invalidate_caches()
     return metadata.version("celery-redbeat")
 
