@@ -254,11 +254,9 @@ def timeline(run: Run) -> None:
         time.sleep(0.25)
     run.cutoff = t.now_ms()
     run.note("end of the timeline; waiting for the last ticks to be run")
-    # a tick claimed by the killed instance comes back after the lease (10 s)
-    deadline = time.monotonic() + (13.0 if t.exact else 6.0)
+    deadline = time.monotonic() + t.drain
     while time.monotonic() < deadline:
-        rows = account(run)
-        if all(r.missed == 0 and r.lost == 0 for r in rows) and t.exact:
+        if t.exact and all(r.missed == 0 and r.lost == 0 for r in account(run)):
             break
         show_progress(run, "draining")
         time.sleep(0.5)

@@ -10,7 +10,8 @@ store reports right after the change.
 redbeat_safe messages carry their nominal tick, so the check is exact. A
 scheduler whose messages carry none (celery-redbeat) is judged from the spacing
 of its runs: a run closer than half an interval to the previous one is a
-duplicate, and every tick of the schedule without a run is missed.
+duplicate, every tick of the schedule without a run is missed, and a run's
+lateness is measured from the previous run plus the interval.
 """
 
 from __future__ import annotations

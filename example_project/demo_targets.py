@@ -41,6 +41,7 @@ class Target:
     name = ""
     scheduler = ""  #: the -S / --scheduler value
     exact = True  #: messages carry their nominal tick
+    drain = 6.0  #: seconds to wait after the timeline for the last ticks to be run
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -82,7 +83,8 @@ class SafeTarget(Target):
     def __init__(self, app: Celery) -> None:
         super().__init__(app)
         self.schedules = Schedules(app)
-        self.prefix = Settings.from_app(app).key_prefix
+        # a tick claimed by the killed instance is re-published after the lease
+        self.drain = Settings.from_app(app).lease_ms / 1000 + 3
 
     def beat_ready(self, proc: Proc, leader: bool) -> bool:
         return "redbeat_safe: instance" in proc.output()
