@@ -66,16 +66,18 @@ class Settings:
             lease_ms=int(lease * 1000),
             catchup=catchup,
             catchup_max=catchup_max,
-            starting_deadline_ms=None if deadline is None else int(_positive(deadline, 0, "beat_cron_starting_deadline") * 1000),
+            starting_deadline_ms=None if deadline is None else int(_seconds(deadline, "beat_cron_starting_deadline", allow_zero=True) * 1000),
             timezone=tz,
         )
 
 
 def _positive(value: Any, default: float, name: str) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ImproperlyConfigured(f"{name} must be a positive number of seconds, not {value!r}")
+    return default if value is None else _seconds(value, name)
+
+
+def _seconds(value: Any, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
+        raise ImproperlyConfigured(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds, not {value!r}")
     return float(value)
 
 

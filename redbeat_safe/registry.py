@@ -101,6 +101,10 @@ def _decide(
     want = st.enabled if enabled is None else enabled
     resuming = want and not st.enabled
     if st.definition_hash == dh and want == st.enabled:
+        if source == "static" and st.source != "static":
+            # a beat_schedule now declares an entry made through the API or an
+            # import: it becomes static, so it is pruned once no config has it
+            return "adopted", item(st.version, "keep", want)
         return "unchanged", None
     if st.schedule_hash != sh:
         return "updated", item(st.version, entry.schedule.first_after(now), want)
@@ -120,7 +124,7 @@ def upsert(
     from_now: bool = True,
     restore: Mapping[str, Restore] | None = None,
 ) -> dict[str, str]:
-    """Write entries idempotently; returns name -> created/updated/unchanged/paused/resumed.
+    """Write entries idempotently; returns name -> created/updated/unchanged/paused/resumed/adopted.
 
     ``source`` is "static" or "api", or one per entry name. ``restore`` gives
     entries that do not exist yet their next tick, runs and last tick.

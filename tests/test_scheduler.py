@@ -36,6 +36,11 @@ def test_settings_errors_are_clear() -> None:
     app.conf.update(redbeat_safe_redis_url="redis://x", redbeat_safe_catchup="sometimes")
     with pytest.raises(ImproperlyConfigured, match="redbeat_safe_catchup must be one of"):
         Scheduler(app=app, lazy=True)
+    app.conf.update(redbeat_safe_catchup="skip", redbeat_safe_lease=0)
+    with pytest.raises(ImproperlyConfigured, match="redbeat_safe_lease must be a positive number"):
+        Scheduler(app=app, lazy=True)
+    app.conf.update(redbeat_safe_lease=5, beat_cron_starting_deadline=0)  # 0: never run a pattern tick late
+    assert Scheduler(app=app, lazy=True).settings.starting_deadline_ms == 0
 
 
 def test_an_invalid_beat_schedule_is_refused_naming_every_bad_entry_and_writes_nothing(

@@ -160,3 +160,21 @@ def test_concurrent_identical_upserts_all_succeed_and_change_nothing(app: Celery
         t.join()
     assert not errors and set(outcomes) == {"unchanged"}
     assert Schedules(app).get("e") == first
+
+
+def test_a_beat_schedule_entry_adopts_an_identical_api_entry(app: Celery, redis_server: RedisServer) -> None:
+    """After an import (or an API upsert), the config declaring the same entry makes it static and prunable."""
+    from redbeat_safe import registry
+    from redbeat_safe.definitions import build
+
+    s = Schedules(app)
+    s.upsert("shared", "t", every(60))
+    before = s.get("shared")
+    entry = build("shared", "t", every(60), default_tz="UTC")
+    assert registry.upsert(s.store, [entry], "static") == {"shared": "adopted"}
+    assert registry.upsert(s.store, [entry], "static") == {"shared": "unchanged"}
+    after = s.get("shared")
+    assert after is not None and before is not None
+    assert after.source == "static" and after.next_tick == before.next_tick
+    assert redis_server.client().sismember(Keys(app.conf.redbeat_safe_key_prefix).static, "shared")
+    assert registry.upsert(s.store, [entry], "api") == {"shared": "unchanged"}  # the API never demotes it
