@@ -16,6 +16,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from . import __version__, registry
 from .catchup import plan
@@ -43,6 +44,15 @@ class PublishError(Exception):
 
 #: (entry, entry name, nominal tick ms) -> None; raises PublishError
 Publish = Callable[[EntryDef, str, int], None]
+
+
+@dataclass
+class Pass:
+    """What prepare() saw and planned, for finish() to claim."""
+
+    peek: Peek
+    planned: list[tuple[ClaimItem, EntryDef | None]]
+    lost: bool = False  #: our registration is gone; register again first
 
 
 class Engine:
@@ -112,26 +122,39 @@ class Engine:
     # -- the pass ----------------------------------------------------------
     def run_once(self) -> float:
         """One pass; returns the seconds to sleep before the next (0: go again now)."""
-        store, lease = self.store, self.settings.lease_ms
+        return self.finish(self.prepare())
+
+    def prepare(self) -> Pass:
+        """First half of a pass: peek (acks, heartbeat, reaping) and plan the claims."""
         started = time.monotonic()
-        peek = store.peek(self.instance_id, self.heartbeat_ms, lease, BATCH, REAP_BATCH, self._acks)
+        peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks)
         self._acks = []
         if peek.epoch != self._epoch or not peek.registered:
             logger.warning("redbeat_safe: this instance's registration is gone (Redis restarted empty, or it was paused too long); registering again")
             self.registered = False
-            return 0.0
+            return Pass(peek, [], lost=True)
         if peek.instances_expired:
             self._prune()
         self._lease_start = started
         self._reap(peek)
+        return Pass(peek, self._plan(peek) if peek.due else [])
+
+    def finish(self, p: Pass) -> float:
+        """Second half: claim (compare-and-set), publish what was won, decide the sleep.
+
+        Another instance may have claimed the same ticks between prepare() and
+        finish(); the compare-and-set is what makes that harmless.
+        """
+        if p.lost:
+            return 0.0
+        peek, store = p.peek, self.store
         more = len(peek.due) >= BATCH or len(peek.reaped) >= REAP_BATCH
         wake = [t for t in (peek.next_tick, peek.next_lease) if t is not None]
         now = peek.now
-        if peek.due:
-            planned = self._plan(peek)
+        if p.planned:
             self._lease_start = time.monotonic()
-            now, won = store.claim([it for it, _ in planned], lease)
-            claimed = [(it, e) for (it, e), ok in zip(planned, won, strict=True) if ok and e is not None]
+            now, won = store.claim([it for it, _ in p.planned], self.settings.lease_ms)
+            claimed = [(it, e) for (it, e), ok in zip(p.planned, won, strict=True) if ok and e is not None]
             more = more or not all(won)
             for it, _ in claimed:
                 self._unpublished.update(member(it.name, t) for t in it.ticks)

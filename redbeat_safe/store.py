@@ -7,6 +7,7 @@ by SHA; redis-py reloads one the server has forgotten (restart, SCRIPT FLUSH).
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,9 +23,16 @@ _SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigge
 HISTORY_LENGTH = 100
 
 
-def _load_scripts() -> dict[str, str]:
+_SERVER_CLOCK = """  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"""
+
+
+def _load_scripts(clock_key: str | None = None) -> dict[str, str]:
     folder = resources.files(__package__).joinpath("lua")
     common = folder.joinpath("_common.lua").read_text()
+    if clock_key is not None:  # test-only: "now" is whatever the tests wrote into this key
+        assert _SERVER_CLOCK in common
+        common = common.replace(_SERVER_CLOCK, f"  return tonumber(redis.call('GET', {json.dumps(clock_key)}))")
     return {name: common + "\n" + folder.joinpath(f"{name}.lua").read_text() for name in _SCRIPT_NAMES}
 
 
@@ -149,10 +157,11 @@ def connect(settings: Settings) -> redis.Redis:
 class RedisStore:
     """Typed access to one app's keys; no policy, no Celery."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, *, test_clock_key: str | None = None) -> None:
         self.client = client
         self.keys = Keys(prefix)
-        self._scripts = {name: client.register_script(src) for name, src in _SOURCES.items()}
+        sources = _SOURCES if test_clock_key is None else _load_scripts(test_clock_key)
+        self._scripts = {name: client.register_script(src) for name, src in sources.items()}
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args))

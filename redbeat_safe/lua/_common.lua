@@ -1,5 +1,7 @@
 -- (not a script) shared snippets are inlined by store.py at load time:
 -- each script starts with these helpers.
+-- "Now" is the Redis server's clock, for every instance alike. (The property
+-- tests swap this one function for a clock they control; see store.py.)
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
