@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import redis
 from celery import Celery
 
 from . import registry
 from .config import Settings
+from .connection import Client, connect
 from .definitions import DefinitionError, EntryDef, build, check_name
 from .schedules import Schedule, ms_to_datetime
-from .store import RedisStore, connect
+from .store import RedisStore
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _entry(name: str, raw_def: bytes | None, raw_state: bytes | None, score: int
 class Schedules:
     """Read and change one app's entries. Safe to call concurrently with running beats."""
 
-    def __init__(self, app: Celery, client: redis.Redis | None = None) -> None:
+    def __init__(self, app: Celery, client: Client | None = None) -> None:
         self.app = app
         self.settings = Settings.from_app(app)
         self._client = client
@@ -98,7 +98,7 @@ class Schedules:
     def store(self) -> RedisStore:
         if self._store is None:
             if self._client is None:
-                self._client = connect(self.settings)
+                self._client = connect(self.settings.topology)
             self._store = RedisStore(self._client, self.settings.key_prefix)
         return self._store
 

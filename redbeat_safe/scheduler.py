@@ -14,7 +14,6 @@ import time
 import uuid
 from typing import Any
 
-import redis
 from celery import Celery, beat
 from celery.exceptions import ImproperlyConfigured
 from celery.schedules import crontab
@@ -23,10 +22,11 @@ from kombu.exceptions import OperationalError
 
 from . import __version__, registry
 from .catchup import plan
-from .config import Settings, redact
+from .config import Settings
+from .connection import STORE_ERRORS, Client, connect
 from .definitions import DefinitionError, EntryDef, from_beat_entry
 from .dispatch import publish
-from .store import ClaimItem, Peek, RedisStore, connect, member
+from .store import ClaimItem, Peek, RedisStore, member
 
 logger = get_logger(__name__)
 
@@ -50,7 +50,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.settings = Settings.from_app(app)
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.static_entries: list[EntryDef] = []
-        self._client: redis.Redis | None = None
+        self._client: Client | None = None
         self._store: RedisStore | None = None
         self._registered = False
         self._epoch = ""
@@ -60,6 +60,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._defs: dict[tuple[str, str], EntryDef] = {}
         self._reported: set[str] = set()
         self._outage_since: float | None = None
+        self._unconfirmed_since: float | None = None
         self._retry = 0.5
         self._lease_start = 0.0
         self.published = 0
@@ -74,14 +75,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     @property
     def info(self) -> str:
-        return f"    . redis -> {redact(self.settings.redis_url)} (keys {{{self.settings.key_prefix}}}:*)"
+        return f"    . redis -> {self.settings.topology.describe()} (keys {{{self.settings.key_prefix}}}:*)"
 
     @property
     def store(self) -> RedisStore:
         if self._store is None:
-            self._client = connect(self.settings)
-            self._store = RedisStore(self._client, self.settings.key_prefix)
+            self._client = connect(self.settings.topology)
+            self._store = self._make_store(self._client)
         return self._store
+
+    def _make_store(self, client: Client) -> RedisStore:
+        s = self.settings
+        return RedisStore(client, s.key_prefix, wait_replicas=s.wait_replicas, wait_timeout_ms=s.wait_timeout_ms)
 
     @property
     def heartbeat_ms(self) -> int:
@@ -99,7 +104,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if not self._registered:
                 self.tick_registration(raise_errors=True)
             delay = self._pass()
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             return self._outage(exc)
         if self._outage_since is not None:
             logger.warning("redbeat_safe: Redis reachable again after %.1fs", time.monotonic() - self._outage_since)
@@ -153,7 +158,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             _, self._epoch = self.store.register(self.instance_id, self.heartbeat_ms, json.dumps(info), uuid.uuid4().hex)
             results = registry.upsert(self.store, self.static_entries, "static")
             removed = self.store.prune()
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             if raise_errors:
                 raise
             self._outage(exc)
@@ -175,18 +180,20 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """
         if self._store is None:
             return
-        client = connect(self.settings)
+        client: Client | None = None
         try:
-            store = RedisStore(client, self.settings.key_prefix)
+            client = connect(self.settings.topology)
+            store = self._make_store(client)
             store.ack(self._acks)
             store.ack(sorted(self._unpublished), release=True)
             self._acks, self._unpublished = [], set()
             if self._registered:
                 store.prune(leaving=self.instance_id)
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             logger.warning("redbeat_safe: could not deregister cleanly (%s); the lease and heartbeat expire on their own", exc)
         finally:
-            client.close()
+            if client is not None:
+                client.close()
 
     # -- the pass ----------------------------------------------------------
     def _pass(self) -> float:
@@ -210,7 +217,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             planned = self._plan(peek)
             items = [it for it, _ in planned]
             self._lease_start = time.monotonic()
-            now, won = store.claim(items, lease)
+            now, won, confirmed = store.claim(items, lease)
             claimed = [(it, e) for (it, e), ok in zip(planned, won, strict=True) if ok and e is not None]
             more = more or not all(won)
             for it, _ in claimed:
@@ -219,7 +226,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     if it.next <= now:
                         more = True
                     wake.append(it.next)
-            self._publish_claimed(claimed)
+            if self._confirmed(confirmed):
+                self._publish_claimed(claimed)
         else:
             now = peek.now
         if more:
@@ -232,6 +240,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return max(0.0, min((min(wake) - now) / 1000.0, float(self.max_interval)))
 
     def _reap(self, peek: Peek) -> None:
+        if peek.reaped and not self._confirmed(peek.confirmed):
+            self._unpublished.update(r.member for r in peek.reaped)
+            return
         for r in peek.reaped:
             entry = self._parse(r.name, r.definition)
             if entry is None:
@@ -342,6 +353,25 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if name not in self._reported:
             self._reported.add(name)
             logger.error("redbeat_safe: skipping entry %r: %s (every other entry keeps firing)", name, problem)
+
+    def _confirmed(self, ok: bool) -> bool:
+        """Whether claims may be published (``redbeat_safe_wait_replicas``); logs once per shortfall.
+
+        An unconfirmed claim may vanish in a failover and be claimed again on
+        the new primary, so it is held back: it stays leased, and the reaper
+        publishes it (same task id) once a later WAIT confirms it.
+        """
+        if ok:
+            if self._unconfirmed_since is not None:
+                logger.warning("redbeat_safe: replicas confirm claims again after %.1fs", time.monotonic() - self._unconfirmed_since)
+                self._unconfirmed_since = None
+            return True
+        if self._unconfirmed_since is None:
+            self._unconfirmed_since = time.monotonic()
+            s = self.settings
+            logger.error("redbeat_safe: fewer than %d replica(s) confirmed a claim within %d ms (redbeat_safe_wait_replicas); "
+                         "holding claimed ticks back until they do, nothing is lost meanwhile", s.wait_replicas, s.wait_timeout_ms)
+        return False
 
     def _outage(self, exc: Exception) -> float:
         if self._outage_since is None:

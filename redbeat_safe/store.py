@@ -1,8 +1,15 @@
 """The Redis store: key layout, the Lua scripts, and typed calls around them.
 
 All keys of one app share the Redis Cluster hash tag ``{<prefix>}`` and every
-key a script touches is passed in ``KEYS``. Scripts are loaded once and called
-by SHA; redis-py reloads one the server has forgotten (restart, SCRIPT FLUSH).
+key a script touches is passed in ``KEYS``, so on a Cluster every call goes to
+the one node that owns the tag's slot. Scripts are loaded once and called by
+SHA; redis-py reloads one the server has forgotten (restart, SCRIPT FLUSH,
+failover to a replica that never saw it).
+
+With ``wait_replicas`` the writes that gate a publish (claim, and the peek that
+re-leases expired ticks) are followed by ``WAIT n timeout`` in the same
+pipeline, so on the same connection: the caller learns whether n replicas have
+them, i.e. whether they survive a failover to one of those replicas.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import MovedError, NoScriptError
 
-from .config import Settings
+from .connection import Client
 
 _SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "register", "prune")
 
@@ -89,6 +97,7 @@ class Peek:
     next_lease: int | None
     due: list[Due]
     reaped: list[Reaped]
+    confirmed: bool = True  #: the re-leases of ``reaped`` reached wait_replicas replicas
 
 
 @dataclass
@@ -117,22 +126,48 @@ def member(name: str, tick: int) -> str:
     return f"{tick}:{name}"
 
 
-def connect(settings: Settings) -> redis.Redis:
-    options = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 30}
-    options.update(settings.redis_options)
-    return redis.Redis.from_url(settings.redis_url, **options)
-
-
 class RedisStore:
     """Typed access to one app's keys; no policy, no Celery."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: Client, prefix: str, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.client = client
         self.keys = Keys(prefix)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._scripts = {name: client.register_script(src) for name, src in _SOURCES.items()}
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args))
+
+    def _durable(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, bool]:
+        """Run a script, then WAIT on the same connection: (result, whether enough replicas have it)."""
+        if not self.wait_replicas:
+            return self._call(name, keys, args), True
+        script = self._scripts[name]
+        for _attempt in range(3):
+            node = self._node()
+            pipe = node.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            result, acked = pipe.execute(raise_on_error=False)
+            if isinstance(result, NoScriptError):
+                node.script_load(script.script)  # nothing ran: load it and go again
+                continue
+            if isinstance(result, MovedError) and isinstance(self.client, RedisCluster):
+                self.client.nodes_manager.initialize()  # the slot moved; nothing ran
+                continue
+            if isinstance(result, Exception):
+                raise result  # ASK/TRYAGAIN mid-migration: nothing ran; the caller retries
+            if isinstance(acked, Exception):
+                raise acked
+            return result, int(acked) >= self.wait_replicas
+        raise MovedError(f"{self.keys.due} kept moving")
+
+    def _node(self) -> Any:
+        """The client whose single connection the script and its WAIT share."""
+        if isinstance(self.client, RedisCluster):
+            return self.client.get_redis_connection(self.client.get_node_from_key(self.keys.due))  # type: ignore[no-untyped-call]
+        return self.client
 
     # -- definitions ------------------------------------------------------
     def snapshot(self, names: Sequence[str]) -> tuple[int, dict[str, tuple[bytes | None, bytes | None]]]:
@@ -199,7 +234,7 @@ class RedisStore:
     ) -> Peek:
         k = self.keys
         args: list[Any] = [instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), *acks]
-        raw = self._call("peek", [k.due, k.state, k.inflight, k.flight, k.instances, k.meta, k.instinfo], args)
+        raw, confirmed = self._durable("peek", [k.due, k.state, k.inflight, k.flight, k.instances, k.meta, k.instinfo], args)
         pos = 7
         due = []
         for _ in range(int(raw[6])):
@@ -218,22 +253,24 @@ class RedisStore:
             next_lease=_opt_int(raw[5]),
             due=due,
             reaped=reaped,
+            confirmed=confirmed,
         )
 
-    def claim(self, items: Sequence[ClaimItem], lease_ms: int) -> tuple[int, list[bool]]:
+    def claim(self, items: Sequence[ClaimItem], lease_ms: int) -> tuple[int, list[bool], bool]:
+        """Server time, which entries were won, and whether the claims reached wait_replicas replicas."""
         k = self.keys
         args: list[Any] = [lease_ms, len(items)]
         for it in items:
             nxt = "park" if it.park else ("" if it.next is None else str(it.next))
             ver = "" if it.version is None else str(it.version)
             args += [it.name, it.score, ver, nxt, len(it.ticks), *it.ticks]
-        raw = self._call("claim", [k.due, k.state, k.defs, k.inflight, k.flight], args)
-        return int(raw[0]), [bool(int(x)) for x in raw[1:]]
+        raw, confirmed = self._durable("claim", [k.due, k.state, k.defs, k.inflight, k.flight], args)
+        return int(raw[0]), [bool(int(x)) for x in raw[1:]], confirmed
 
     def ack(self, members: Sequence[str], release: bool = False) -> None:
         if members:
             k = self.keys
-            self._call("ack", [k.inflight, k.flight], ["release" if release else "ack", *members])
+            self._durable("ack", [k.inflight, k.flight], ["release" if release else "ack", *members])
 
     # -- instances --------------------------------------------------------
     def register(self, instance: str, heartbeat_ms: int, info_json: str, epoch: str) -> tuple[int, str]:
