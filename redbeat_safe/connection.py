@@ -254,3 +254,4 @@ def connect(topology: Topology) -> Client:
         return RedisCluster(startup_nodes=nodes, retry=retry, **opts)
     except RedisClusterException as exc:  # "cannot connect to any node": an outage like any other
         raise redis.ConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+

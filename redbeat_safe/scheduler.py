@@ -55,6 +55,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._registered = False
         self._epoch = ""
         self._closed = False
+        self._in_tick = False
+        self._reap_at: float | None = 0.0  #: when a lease may next expire (monotonic): peek WAITs then
         self._acks: list[str] = []
         self._unpublished: set[str] = set()
         self._defs: dict[tuple[str, str], EntryDef] = {}
@@ -100,30 +102,34 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if self._closed or self.lazy:
             return float(self.max_interval)
+        self._in_tick = True
         try:
             if not self._registered:
                 self.tick_registration(raise_errors=True)
             delay = self._pass()
         except STORE_ERRORS as exc:
             return self._outage(exc)
+        finally:
+            self._in_tick = False
         if self._outage_since is not None:
             logger.warning("redbeat_safe: Redis reachable again after %.1fs", time.monotonic() - self._outage_since)
             self._outage_since, self._retry = None, 0.5
         return delay
 
     def close(self) -> None:
-        """Idempotent: Celery calls it twice on SIGTERM, maybe from inside tick()."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._leave()
-        finally:
+        """Idempotent: Celery calls it twice on SIGTERM, the first time from the
+        signal handler, maybe in the middle of a tick's Redis command."""
+        if not self._closed:
+            self._closed = True
             try:
-                super().close()
+                self._leave()
             finally:
-                if self._client is not None:
-                    self._client.close()
+                super().close()
+        if self._client is not None and not self._in_tick:
+            # not under an interrupted command: closing its socket there would turn
+            # the handler's SystemExit into "I/O operation on closed file"
+            self._client.close()
+            self._client = self._store = None
 
     # -- registration ------------------------------------------------------
     def _static_from_config(self) -> list[EntryDef]:
@@ -199,8 +205,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _pass(self) -> float:
         store, lease = self.store, self.settings.lease_ms
         started = time.monotonic()
-        peek = store.peek(self.instance_id, self.heartbeat_ms, lease, BATCH, REAP_BATCH, self._acks)
+        reap_due = self._reap_at is not None and started >= self._reap_at
+        peek = store.peek(self.instance_id, self.heartbeat_ms, lease, BATCH, REAP_BATCH, self._acks, confirm=reap_due)
         self._acks = []
+        self._reap_at = None if peek.next_lease is None else time.monotonic() + (peek.next_lease - peek.now) / 1000 - 0.1
         if peek.epoch != self._epoch or not peek.registered:
             logger.warning("redbeat_safe: this instance's registration is gone (Redis restarted empty, or it was paused too long); registering again")
             self._registered = False
@@ -211,7 +219,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 logger.info("redbeat_safe: removed static entries no live beat declares: %s", ", ".join(removed))
         self._lease_start = started
         self._reap(peek)
-        more = len(peek.due) >= BATCH or len(peek.reaped) >= REAP_BATCH
+        more = len(peek.due) >= BATCH or len(peek.reaped) >= REAP_BATCH or self._reap_at == 0.0
         wake = [t for t in (peek.next_tick, peek.next_lease) if t is not None]
         if peek.due:
             planned = self._plan(peek)
@@ -240,7 +248,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return max(0.0, min((min(wake) - now) / 1000.0, float(self.max_interval)))
 
     def _reap(self, peek: Peek) -> None:
-        if peek.reaped and not self._confirmed(peek.confirmed):
+        if peek.reaped and peek.confirmed is None:
+            # reaped by a peek that did not WAIT (a lease ran out early): hand them
+            # straight back, and the next peek reaps them again and WAITs
+            self.store.ack([r.member for r in peek.reaped], release=True)
+            self._reap_at = 0.0
+            return
+        if peek.reaped and not self._confirmed(bool(peek.confirmed)):
             self._unpublished.update(r.member for r in peek.reaped)
             return
         for r in peek.reaped:

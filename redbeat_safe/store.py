@@ -97,7 +97,7 @@ class Peek:
     next_lease: int | None
     due: list[Due]
     reaped: list[Reaped]
-    confirmed: bool = True  #: the re-leases of ``reaped`` reached wait_replicas replicas
+    confirmed: bool | None = True  #: the re-leases of ``reaped`` reached wait_replicas replicas (None: not asked)
 
 
 @dataclass
@@ -139,10 +139,14 @@ class RedisStore:
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args))
 
-    def _durable(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, bool]:
-        """Run a script, then WAIT on the same connection: (result, whether enough replicas have it)."""
-        if not self.wait_replicas:
-            return self._call(name, keys, args), True
+    def _durable(self, name: str, keys: Sequence[str], args: Sequence[Any], wait: bool = True) -> tuple[Any, bool | None]:
+        """Run a script, then WAIT on the same connection.
+
+        Returns the result and whether enough replicas have it: True without
+        wait_replicas, None when not asked to wait.
+        """
+        if not self.wait_replicas or not wait:
+            return self._call(name, keys, args), None if self.wait_replicas else True
         script = self._scripts[name]
         for _attempt in range(3):
             node = self._node()
@@ -231,10 +235,12 @@ class RedisStore:
         max_due: int,
         max_reap: int,
         acks: Iterable[str] = (),
+        confirm: bool = False,
     ) -> Peek:
+        """With ``confirm`` (a lease may have expired), WAIT for the re-leases of reaped ticks."""
         k = self.keys
         args: list[Any] = [instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), *acks]
-        raw, confirmed = self._durable("peek", [k.due, k.state, k.inflight, k.flight, k.instances, k.meta, k.instinfo], args)
+        raw, confirmed = self._durable("peek", [k.due, k.state, k.inflight, k.flight, k.instances, k.meta, k.instinfo], args, confirm)
         pos = 7
         due = []
         for _ in range(int(raw[6])):
@@ -265,12 +271,12 @@ class RedisStore:
             ver = "" if it.version is None else str(it.version)
             args += [it.name, it.score, ver, nxt, len(it.ticks), *it.ticks]
         raw, confirmed = self._durable("claim", [k.due, k.state, k.defs, k.inflight, k.flight], args)
-        return int(raw[0]), [bool(int(x)) for x in raw[1:]], confirmed
+        return int(raw[0]), [bool(int(x)) for x in raw[1:]], bool(confirmed)
 
     def ack(self, members: Sequence[str], release: bool = False) -> None:
         if members:
             k = self.keys
-            self._durable("ack", [k.inflight, k.flight], ["release" if release else "ack", *members])
+            self._durable("ack", [k.inflight, k.flight], ["release" if release else "ack", *members], wait=not release)
 
     # -- instances --------------------------------------------------------
     def register(self, instance: str, heartbeat_ms: int, info_json: str, epoch: str) -> tuple[int, str]:
