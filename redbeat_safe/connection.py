@@ -40,9 +40,16 @@ SCHEMES = STANDALONE_SCHEMES + CLUSTER_SCHEMES + SENTINEL_SCHEMES
 #: Seconds. A command that gets no answer fails after socket_timeout; a pooled
 #: connection idle for health_check_interval is PINGed before use.
 DEFAULTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0, "health_check_interval": 15}
-#: redis-py 6+ retries 10 times by default (3 for RedisCluster); a short, bounded
-#: retry rides over a dropped idle connection and leaves outages to the scheduler.
+#: redis-py 6+ retries 10 times by default (3 for RedisCluster), timeouts included,
+#: so one command could block beat for minutes against a hung server. Ours retries
+#: a refused or dropped connection twice (riding over a stale pooled socket or a
+#: quick restart) and never a timeout: a hung server costs one socket_timeout,
+#: then the scheduler logs the outage and retries each max_interval.
 DEFAULT_RETRIES = 2
+
+
+def default_retry(retries: int = DEFAULT_RETRIES) -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), retries, supported_errors=(redis.ConnectionError,))
 
 _OURS = {"cluster", "startup_nodes", "sentinels", "service_name", "master_name", "sentinel_kwargs",
          "sentinel_username", "sentinel_password", "ssl"}
@@ -183,7 +190,7 @@ def parse(url: str, options: Mapping[str, Any]) -> Topology:
         raise _fail(f"redbeat_safe_redis_url is a {scheme}:// URL but the options describe a {'Sentinel set' if is_sentinel else 'Cluster'}; "
                     "use a sentinel:// or redis+cluster:// URL, or leave the URL unset")
     base = dict(DEFAULTS)
-    base["retry"] = Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), DEFAULT_RETRIES)
+    base["retry"] = default_retry()
     parts = _split_urls(url) if url else []
 
     if is_sentinel:
@@ -197,7 +204,7 @@ def parse(url: str, options: Mapping[str, Any]) -> Topology:
         for key in ("socket_timeout", "socket_connect_timeout"):
             sentinel_kwargs.setdefault(key, base[key])
         # an unreachable sentinel is skipped for the next one: retrying it only adds delay
-        sentinel_kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), 0))
+        sentinel_kwargs.setdefault("retry", default_retry(0))
         return Topology("sentinel", nodes=tuple(nodes), service_name=str(service), sentinel_kwargs=sentinel_kwargs, options=base)
 
     if cluster:
