@@ -187,8 +187,9 @@ def parse(url: str, options: Mapping[str, Any]) -> Topology:
     if not cluster and not is_sentinel and (service or sentinel_kwargs):
         raise _fail("service_name and sentinel_* options need sentinels (a sentinel:// URL or the sentinels option)")
     if url and (is_sentinel and scheme not in SENTINEL_SCHEMES or cluster and scheme == "unix"):
+        wanted = "sentinel://host:port;sentinel://..." if is_sentinel else "redis+cluster://host:port,..."
         raise _fail(f"redbeat_safe_redis_url is a {scheme}:// URL but the options describe a {'Sentinel set' if is_sentinel else 'Cluster'}; "
-                    "use a sentinel:// or redis+cluster:// URL, or leave the URL unset")
+                    f"use a {wanted} URL, or leave the URL unset")
     base = dict(DEFAULTS)
     base["retry"] = default_retry()
     parts = _split_urls(url) if url else []
