@@ -22,7 +22,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 from failover import Figures, run  # noqa: E402
 
 COLUMNS = [
-    ("scenario", "scenario"), ("wait_replicas", "wait"), ("replicas", "replicas"), ("lease_s", "lease"), ("entries", "entries"),
+    ("scenario", "scenario"), ("wait_replicas", "wait"), ("replicas", "replicas"), ("lease_s", "lease"), ("down_after_s", "down-after"), ("catchup", "catchup"), ("entries", "entries"),
     ("published", "published"), ("failover_s", "failover s"), ("resume_s", "resume s"), ("max_late_s", "max late s"),
     ("same_id_repeats", "same-id repeats"), ("new_id_duplicates", "new-id dups"), ("missed", "missed"),
     ("outage_lines", "outage lines"), ("held_lines", "held lines"), ("crashed", "crashed"),
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lag", type=float, default=2.0, help="seconds the replication link is cut before the kill (lag)")
     p.add_argument("--after", type=float, default=15.0)
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--catchup", choices=["coalesce", "skip", "all"], default="coalesce")
+    p.add_argument("--down-after", type=float, default=1.0, help="sentinel down-after-milliseconds, in seconds")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     scenarios = ["kill", "lag"] if a.scenario == "both" else [a.scenario]
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(a.repeat):
                 with tempfile.TemporaryDirectory(prefix="failover-") as tmp:
                     fig = run(Path(tmp), scenario=scenario, wait_replicas=wait, lease=a.lease, entries=a.entries, lag=a.lag, after=a.after,
-                              replicas=a.replicas)
+                              replicas=a.replicas, down_after_ms=int(a.down_after * 1000),
+                              catchup=a.catchup)
                 rows.append(fig)
                 row = fig.as_row()
                 print(" | ".join(str(row[k]) for k, _ in COLUMNS) + (f"   {'; '.join(fig.notes)}" if fig.notes else ""), flush=True)

@@ -145,6 +145,7 @@ class SentinelSet:
         self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
         self.ports: list[int] = []
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._clients: list[redis.Redis] = []
 
     def start(self, replicas: int = 1) -> SentinelSet:
         exe = shutil.which("redis-server")
@@ -168,7 +169,9 @@ class SentinelSet:
         return self
 
     def client(self, i: int = 0) -> redis.Redis:
-        return redis.Redis(port=self.ports[i], socket_timeout=5)
+        while len(self._clients) < len(self.ports):
+            self._clients.append(redis.Redis(port=self.ports[len(self._clients)], socket_timeout=5))
+        return self._clients[i]
 
     def _ready(self, replicas: int) -> bool:
         try:
@@ -184,17 +187,21 @@ class SentinelSet:
     def url(self) -> str:
         return ";".join(f"sentinel://127.0.0.1:{p}" for p in self.ports)
 
-    def master_port(self) -> int | None:
+    def master_ports(self) -> list[int]:
+        """The primary's port according to each sentinel that answers (they learn a switch at different times)."""
+        ports = []
         for i in range(self.count):
             try:
                 addr = self.client(i).sentinel_get_master_addr_by_name(self.name)
             except redis.RedisError:
                 continue
             if addr:
-                return int(addr[1])
-        return None
+                ports.append(int(addr[1]))
+        return ports
 
     def stop(self) -> None:
+        for c in self._clients:
+            c.close()
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
