@@ -57,7 +57,9 @@ _REFUSED = {"connection_pool": "redbeat_safe builds its own pools",
             "decode_responses": "the store reads raw bytes",
             "single_connection_client": "it would serialise beat and its shutdown on one socket",
             "host": "put the host in redbeat_safe_redis_url", "port": "put the port in redbeat_safe_redis_url",
-            "unix_socket_path": "use a unix:// URL"}
+            "unix_socket_path": "use a unix:// URL",
+            "read_from_replicas": "a stale definition read from a replica would look corrupt",
+            "load_balancing_strategy": "a stale definition read from a replica would look corrupt"}
 _SSL_ALIASES = {"keyfile": "ssl_keyfile", "certfile": "ssl_certfile", "ca_certs": "ssl_ca_certs", "cert_reqs": "ssl_cert_reqs"}
 
 

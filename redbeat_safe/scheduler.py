@@ -236,6 +236,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     wake.append(it.next)
             if self._confirmed(confirmed):
                 self._publish_claimed(claimed)
+            else:  # held: the lease brings them back to a reaper, so do not track them
+                self._unpublished.difference_update(member(it.name, t) for it, _ in claimed for t in it.ticks)
         else:
             now = peek.now
         if more:
@@ -255,8 +257,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._reap_at = 0.0
             return
         if peek.reaped and not self._confirmed(bool(peek.confirmed)):
-            self._unpublished.update(r.member for r in peek.reaped)
-            return
+            return  # held: they come back when this new lease runs out
         for r in peek.reaped:
             entry = self._parse(r.name, r.definition)
             if entry is None:

@@ -125,14 +125,15 @@ def run(workdir: Path, *, scenario: str = "kill", wait_replicas: int = 0, lease:
         if broker is None:
             broker = RedisServer(workdir / "broker").start()
             stops.append(broker.stop)
-        primary = RedisServer(workdir / "primary").start()
+        fast = ["--repl-diskless-sync-delay", "0"]  # replicas sync at once, not after Redis' 5 s wait for company
+        primary = RedisServer(workdir / "primary", args=fast).start()
         stops.append(primary.stop)
         proxies, replica_set = [], []
         for i in range(replicas):  # in "lag", each replicates through a proxy that can be cut
             proxy = Proxy(primary.port).start()
             stops.append(proxy.stop)
             upstream = proxy.port if scenario == "lag" else primary.port
-            replica = RedisServer(workdir / f"replica{i}", args=["--replicaof", "127.0.0.1", str(upstream)]).start()
+            replica = RedisServer(workdir / f"replica{i}", args=[*fast, "--replicaof", "127.0.0.1", str(upstream)]).start()
             stops.append(replica.stop)
             proxies.append(proxy)
             replica_set.append(replica)

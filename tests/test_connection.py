@@ -41,6 +41,7 @@ def test_standalone_gets_bounded_timeouts_and_a_retry_that_skips_timeouts() -> N
     ("url", "options", "message"),
     [
         ("redis://h/0", {"decode_responses": True}, "raw bytes"),
+        ("redis+cluster://h:7000", {"read_from_replicas": True}, "stale definition"),
         ("redis://h/0", {"socket_timout": 1}, "unknown option 'socket_timout'"),
         ("redis://h/0", {"ssl": {"ssl_ca_certs": "ca.pem"}}, "use rediss://"),
         ("rediss://h/0", {"ssl": {"verify": True}}, "unknown ssl option"),

@@ -36,7 +36,7 @@ def test_wait_replicas_holds_back_claims_a_replica_has_not_confirmed(
     tmp_path: Path, beats_factory: Callable[[RedisServer, str], BeatGroup], redis_server: RedisServer, prefix: str
 ) -> None:
     """Replica stalled: claims are held (one log line), published once it confirms; SIGTERM inside a WAIT is clean."""
-    primary = RedisServer(tmp_path / "primary").start()
+    primary = RedisServer(tmp_path / "primary", args=["--repl-diskless-sync-delay", "0"]).start()
     replica = RedisServer(tmp_path / "replica", args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
     try:
         wait_for(lambda: replica.client().info("replication").get("master_link_status") == "up", 30, what="the replica to sync")

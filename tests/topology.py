@@ -52,7 +52,8 @@ class Cluster:
         self.nodes: list[RedisServer] = []
 
     def start(self) -> Cluster:
-        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.node_timeout_ms)]
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
+                "--repl-diskless-sync-delay", "0"]
         for i in range(self.primaries * (1 + self.replicas)):
             self.nodes.append(RedisServer(self.workdir / f"node{i}", args=args, port=free_cluster_port()).start())
         cli = shutil.which("redis-cli")
@@ -71,6 +72,9 @@ class Cluster:
                 return False
             if len(c.execute_command("CLUSTER", "NODES").splitlines()) != len(self.nodes):
                 return False
+            repl = _info(c, "replication")
+            if repl["role"] == "slave" and repl.get("master_link_status") != "up":
+                return False  # synced, so that WAIT can count it
         return True
 
     @property
