@@ -92,6 +92,9 @@ def test_two_beats_on_a_cluster_exactly_once_through_a_slot_migration(
     assert "replica(s) confirmed" not in out  # b's WAITs reached the slot's replica
     # half-migrated, every script gets TRYAGAIN: one outage line per beat at most, then recovery
     assert a.output().count("Redis unavailable") <= 1 and b.output().count("Redis unavailable") <= 1
-    reports = check(group.broker.messages(), prefix, {"every1": every(1), "secs": pattern("*/1 * * * * *", tz="UTC")})
+    messages = group.broker.messages()
+    reports = check(messages, prefix, {"every1": every(1), "secs": pattern("*/1 * * * * *", tz="UTC")})
+    print(f"slot {slot}: {moved} keys moved {source.port} -> {target.port}; {len(messages)} messages, "
+          f"same-id repeats {sum(r.same_id_repeats for r in reports.values())}, gaps {sum(len(r.gaps) for r in reports.values())}")
     assert_exactly_once(reports, min_ticks=10)
     client.close()
