@@ -7,15 +7,15 @@ import os
 import socket
 from typing import Any
 
-import redis
 from celery import Celery
 
 from . import registry
 from .config import Settings
+from .connection import Client, connect
 from .definitions import EntryDef, build, check_name
 from .dispatch import publish
 from .schedules import every
-from .store import Ack, RedisStore, connect, member
+from .store import Ack, RedisStore, member
 from .views import Dispatch, Entry, Instance, entry_from_records
 
 __all__ = ["Schedules", "EntryNotFound", "Entry", "Dispatch", "Instance"]
@@ -31,7 +31,7 @@ class EntryNotFound(KeyError):
 class Schedules:
     """Read and change one app's entries. Safe to call concurrently with running beats."""
 
-    def __init__(self, app: Celery, client: redis.Redis | None = None) -> None:
+    def __init__(self, app: Celery, client: Client | None = None) -> None:
         self.app = app
         self.settings = Settings.from_app(app)
         self._client = client
@@ -42,7 +42,7 @@ class Schedules:
     def store(self) -> RedisStore:
         if self._store is None:
             if self._client is None:
-                self._client = connect(self.settings)
+                self._client = connect(self.settings.topology)
             self._store = RedisStore(self._client, self.settings.key_prefix)
         return self._store
 

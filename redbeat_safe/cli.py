@@ -19,7 +19,7 @@ import click
 import redis
 
 from .api import EntryNotFound, Schedules
-from .config import redact
+from .connection import STORE_ERRORS, redact
 from .definitions import DefinitionError
 from .schedules import ScheduleError, every, ms_to_datetime, pattern
 from .transfer import ImportRefused, export, import_export, import_redbeat
@@ -81,7 +81,7 @@ def _handled(fn: F) -> F:
             code, message = 1, str(exc)
         except (DefinitionError, ScheduleError, ImportRefused) as exc:
             code, message = 2, f"refused, nothing written: {exc}"
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             code, message = 3, f"Redis unavailable: {exc}"
         click.echo(f"error: {message}", err=True)
         sys.exit(code)

@@ -79,6 +79,8 @@ class Engine:
         self._defs: dict[tuple[str, str], EntryDef] = {}
         self._reported: set[str] = set()
         self._lease_start = 0.0
+        self._reap_at: float | None = 0.0  #: when a lease may next expire (monotonic): peek WAITs then
+        self._unconfirmed_since: float | None = None
 
     @property
     def heartbeat_ms(self) -> int:
@@ -127,8 +129,10 @@ class Engine:
     def prepare(self) -> Pass:
         """First half of a pass: peek (acks, heartbeat, reaping) and plan the claims."""
         started = time.monotonic()
-        peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks)
+        reap_due = self._reap_at is not None and started >= self._reap_at
+        peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks, confirm=reap_due)
         self._acks = []
+        self._reap_at = None if peek.next_lease is None else time.monotonic() + (peek.next_lease - peek.now) / 1000 - 0.1
         if peek.epoch != self._epoch or not peek.registered:
             logger.warning("redbeat_safe: this instance's registration is gone (Redis restarted empty, or it was paused too long); registering again")
             self.registered = False
@@ -148,12 +152,12 @@ class Engine:
         if p.lost:
             return 0.0
         peek, store = p.peek, self.store
-        more = len(peek.due) >= BATCH or len(peek.reaped) >= REAP_BATCH
+        more = len(peek.due) >= BATCH or len(peek.reaped) >= REAP_BATCH or self._reap_at == 0.0
         wake = [t for t in (peek.next_tick, peek.next_lease) if t is not None]
         now = peek.now
         if p.planned:
             self._lease_start = time.monotonic()
-            now, won = store.claim([it for it, _ in p.planned], self.settings.lease_ms)
+            now, won, confirmed = store.claim([it for it, _ in p.planned], self.settings.lease_ms)
             claimed = [(it, e) for (it, e), ok in zip(p.planned, won, strict=True) if ok and e is not None]
             more = more or not all(won)
             for it, _ in claimed:
@@ -161,7 +165,10 @@ class Engine:
                 if it.next is not None:
                     more = more or it.next <= now
                     wake.append(it.next)
-            self._publish_claimed(claimed)
+            if self._confirmed(confirmed):
+                self._publish_claimed(claimed)
+            else:  # held: the lease brings them back to a reaper, so do not track them
+                self._unpublished.difference_update(member(it.name, t) for it, _ in claimed for t in it.ticks)
         if more:
             return 0.0
         if self._acks:
@@ -172,6 +179,14 @@ class Engine:
         return max(0.0, min((min(wake) - now) / 1000.0, self.max_interval))
 
     def _reap(self, peek: Peek) -> None:
+        if peek.reaped and peek.confirmed is None:
+            # reaped by a peek that did not WAIT (a lease ran out early): hand them
+            # straight back, and the next peek reaps them again and WAITs
+            self.store.release([r.member for r in peek.reaped])
+            self._reap_at = 0.0
+            return
+        if peek.reaped and not self._confirmed(bool(peek.confirmed)):
+            return  # held: they come back when this new lease runs out
         for r in peek.reaped:
             entry = self._parse(r.name, r.definition)
             if entry is None:
@@ -260,6 +275,25 @@ class Engine:
         self._acks.append(Ack(m, task_id_for(self.settings.key_prefix, name, tick), kind))
         self.published += 1
         return True
+
+    def _confirmed(self, ok: bool) -> bool:
+        """Whether claims may be published (``redbeat_safe_wait_replicas``); logs once per shortfall.
+
+        An unconfirmed claim may vanish in a failover and be claimed again on
+        the new primary, so it is held back: it stays leased, and the reaper
+        publishes it (same task id) once a later WAIT confirms it.
+        """
+        if ok:
+            if self._unconfirmed_since is not None:
+                logger.warning("redbeat_safe: replicas confirm claims again after %.1fs", time.monotonic() - self._unconfirmed_since)
+                self._unconfirmed_since = None
+            return True
+        if self._unconfirmed_since is None:
+            self._unconfirmed_since = time.monotonic()
+            s = self.settings
+            logger.error("redbeat_safe: fewer than %d replica(s) confirmed a claim within %d ms (redbeat_safe_wait_replicas); "
+                         "holding claimed ticks back until they do, nothing is lost meanwhile", s.wait_replicas, s.wait_timeout_ms)
+        return False
 
     def _parse(self, name: str, raw: bytes | None) -> EntryDef | None:
         if raw is None:

@@ -10,18 +10,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis
 from celery import Celery, beat
 from celery.exceptions import ImproperlyConfigured
 from celery.schedules import crontab
 from celery.utils.log import get_logger
 from kombu.exceptions import OperationalError
 
-from .config import Settings, redact
+from .config import Settings
+from .connection import STORE_ERRORS, Client, connect
 from .definitions import DefinitionError, EntryDef, from_beat_entry
 from .dispatch import publish
 from .engine import Engine, PublishError
-from .store import RedisStore, connect
+from .store import RedisStore
 
 logger = get_logger(__name__)
 
@@ -41,7 +41,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.lazy = lazy
         self.settings = Settings.from_app(app)
         self.static_entries: list[EntryDef] = []
-        self._client: redis.Redis | None = None
+        self._client: Client | None = None
         self._engine: Engine | None = None
         self._closed = False
         self._ticking = False
@@ -56,20 +56,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.data: dict[str, Any] = {}
         try:
             self._register()
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             self._outage(exc)  # tick() registers once Redis answers
 
     @property
     def info(self) -> str:
-        return f"    . redis -> {redact(self.settings.redis_url)} (keys {{{self.settings.key_prefix}}}:*)"
+        return f"    . redis -> {self.settings.topology.describe()} (keys {{{self.settings.key_prefix}}}:*)"
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._client = connect(self.settings)
-            store = RedisStore(self._client, self.settings.key_prefix)
+            self._client = connect(self.settings.topology)
+            store = self._make_store(self._client)
             self._engine = self.engine_class(store, self.settings, self._publish, float(self.max_interval), self.static_entries)
         return self._engine
+
+    def _make_store(self, client: Client) -> RedisStore:
+        s = self.settings
+        return RedisStore(client, s.key_prefix, wait_replicas=s.wait_replicas, wait_timeout_ms=s.wait_timeout_ms)
 
     @property
     def instance_id(self) -> str:
@@ -83,7 +87,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if not self.engine.registered:
                 self._register()
             delay = self.engine.run_once()
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             return self._outage(exc)
         finally:
             self._ticking = False
@@ -149,13 +153,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         signal handler that interrupted a command on the pooled one."""
         if self._engine is None:
             return
-        client = connect(self.settings)
+        client: Client | None = None
         try:
-            self._engine.leave(RedisStore(client, self.settings.key_prefix))
-        except redis.RedisError as exc:
+            client = connect(self.settings.topology)
+            self._engine.leave(self._make_store(client))
+        except STORE_ERRORS as exc:
             logger.warning("redbeat_safe: could not deregister cleanly (%s); the lease and heartbeat expire on their own", exc)
         finally:
-            client.close()
+            if client is not None:
+                client.close()
 
     def _publish(self, entry: EntryDef, name: str, tick: int) -> None:
         try:

@@ -1,8 +1,15 @@
 """The Redis store: key layout, the Lua scripts, and typed calls around them.
 
 All keys of one app share the Redis Cluster hash tag ``{<prefix>}`` and every
-key a script touches is passed in ``KEYS``. Scripts are loaded once and called
-by SHA; redis-py reloads one the server has forgotten (restart, SCRIPT FLUSH).
+key a script touches is passed in ``KEYS``, so on a Cluster every call goes to
+the one node that owns the tag's slot. Scripts are loaded once and called by
+SHA; redis-py reloads one the server has forgotten (restart, SCRIPT FLUSH,
+failover to a replica that never saw it).
+
+With ``wait_replicas`` the writes that gate a publish (claim, and the peek that
+re-leases expired ticks) are followed by ``WAIT n timeout`` in the same
+pipeline, so on the same connection: the caller learns whether n replicas have
+them, i.e. whether they survive a failover to one of those replicas.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import MovedError, NoScriptError
 
-from .config import Settings
+from .connection import Client
 
 _SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune")
 #: Dispatches remembered per entry (its history list is trimmed to this).
@@ -105,6 +113,7 @@ class Peek:
     next_lease: int | None
     due: list[Due]
     reaped: list[Reaped]
+    confirmed: bool | None = True  #: the re-leases of ``reaped`` reached wait_replicas replicas (None: not asked)
 
 
 @dataclass
@@ -148,23 +157,55 @@ def _flat(acks: Sequence[Ack]) -> list[str]:
     return [x for a in acks for x in (a.member, a.task_id, a.kind)]
 
 
-def connect(settings: Settings) -> redis.Redis:
-    options = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 30}
-    options.update(settings.redis_options)
-    return redis.Redis.from_url(settings.redis_url, **options)
-
-
 class RedisStore:
     """Typed access to one app's keys; no policy, no Celery."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, test_clock_key: str | None = None) -> None:
+    def __init__(
+        self, client: Client, prefix: str, wait_replicas: int = 0, wait_timeout_ms: int = 1000, *, test_clock_key: str | None = None
+    ) -> None:
         self.client = client
         self.keys = Keys(prefix)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         sources = _SOURCES if test_clock_key is None else _load_scripts(test_clock_key)
         self._scripts = {name: client.register_script(src) for name, src in sources.items()}
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args))
+
+    def _durable(self, name: str, keys: Sequence[str], args: Sequence[Any], wait: bool = True) -> tuple[Any, bool | None]:
+        """Run a script, then WAIT on the same connection.
+
+        Returns the result and whether enough replicas have it: True without
+        wait_replicas, None when not asked to wait.
+        """
+        if not self.wait_replicas or not wait:
+            return self._call(name, keys, args), None if self.wait_replicas else True
+        script = self._scripts[name]
+        for _attempt in range(3):
+            node = self._node()
+            pipe = node.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            result, acked = pipe.execute(raise_on_error=False)
+            if isinstance(result, NoScriptError):
+                node.script_load(script.script)  # nothing ran: load it and go again
+                continue
+            if isinstance(result, MovedError) and isinstance(self.client, RedisCluster):
+                self.client.nodes_manager.initialize()  # the slot moved; nothing ran
+                continue
+            if isinstance(result, Exception):
+                raise result  # ASK/TRYAGAIN mid-migration: nothing ran; the caller retries
+            if isinstance(acked, Exception):
+                raise acked
+            return result, int(acked) >= self.wait_replicas
+        raise MovedError(f"{self.keys.due} kept moving")
+
+    def _node(self) -> Any:
+        """The client whose single connection the script and its WAIT share."""
+        if isinstance(self.client, RedisCluster):
+            return self.client.get_redis_connection(self.client.get_node_from_key(self.keys.due))  # type: ignore[no-untyped-call]
+        return self.client
 
     # -- definitions ------------------------------------------------------
     def snapshot(self, names: Sequence[str]) -> tuple[int, dict[str, tuple[bytes | None, bytes | None]]]:
@@ -229,11 +270,13 @@ class RedisStore:
         max_due: int,
         max_reap: int,
         acks: Sequence[Ack] = (),
+        confirm: bool = False,
     ) -> Peek:
+        """With ``confirm`` (a lease may have expired), WAIT for the re-leases of reaped ticks."""
         k = self.keys
         keys = [k.due, k.state, k.inflight, k.flight, k.instances, k.meta, k.instinfo, k.inststats, *self._history_keys(acks)]
         args: list[Any] = [instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), HISTORY_LENGTH, len(acks), *_flat(acks)]
-        raw = self._call("peek", keys, args)
+        raw, confirmed = self._durable("peek", keys, args, confirm)
         pos = 7
         due = []
         for _ in range(int(raw[6])):
@@ -252,27 +295,29 @@ class RedisStore:
             next_lease=_opt_int(raw[5]),
             due=due,
             reaped=reaped,
+            confirmed=confirmed,
         )
 
     def _history_keys(self, acks: Sequence[Ack]) -> list[str]:
         return [self.keys.history(a.member.split(":", 1)[1]) for a in acks]
 
-    def claim(self, items: Sequence[ClaimItem], lease_ms: int) -> tuple[int, list[bool]]:
+    def claim(self, items: Sequence[ClaimItem], lease_ms: int) -> tuple[int, list[bool], bool]:
+        """Server time, which entries were won, and whether the claims reached wait_replicas replicas."""
         k = self.keys
         args: list[Any] = [lease_ms, len(items)]
         for it in items:
             nxt = "park" if it.park else ("" if it.next is None else str(it.next))
             ver = "" if it.version is None else str(it.version)
             args += [it.name, it.score, ver, nxt, len(it.ticks), *it.ticks]
-        raw = self._call("claim", [k.due, k.state, k.defs, k.inflight, k.flight], args)
-        return int(raw[0]), [bool(int(x)) for x in raw[1:]]
+        raw, confirmed = self._durable("claim", [k.due, k.state, k.defs, k.inflight, k.flight], args)
+        return int(raw[0]), [bool(int(x)) for x in raw[1:]], bool(confirmed)
 
     def ack(self, acks: Sequence[Ack], instance: str = "") -> None:
         """Forget published ticks and append them to their entries' histories."""
         if acks:
             k = self.keys
             keys = [k.inflight, k.flight, k.inststats, *self._history_keys(acks)]
-            self._call("ack", keys, ["ack", instance, HISTORY_LENGTH, len(acks), *_flat(acks)])
+            self._durable("ack", keys, ["ack", instance, HISTORY_LENGTH, len(acks), *_flat(acks)])
 
     def release(self, members: Sequence[str]) -> None:
         """Make unpublished claims due for reaping now (a clean shutdown)."""

@@ -43,11 +43,12 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.05, what: str =
 class RedisServer:
     """A redis-server of our own on a free port, in a temp dir (never the shared default port)."""
 
-    def __init__(self, workdir: Path, appendonly: bool = True) -> None:
+    def __init__(self, workdir: Path, appendonly: bool = True, args: list[str] | None = None, port: int | None = None) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.appendonly = appendonly
+        self.args = list(args or [])  #: extra redis-server arguments (cluster mode, replicaof, ...)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +64,7 @@ class RedisServer:
         args = [
             exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-            "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"),
+            "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"), *self.args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._ping, 10, what=f"redis-server on port {self.port}")

@@ -104,7 +104,7 @@ def test_claim_is_a_compare_and_set_only_one_claimer_wins(app: Celery) -> None:
 
     def claim() -> None:
         barrier.wait()
-        _, won = store.claim([ClaimItem("e", due.score, state["ver"], [due.tick], due.tick + 50)], 10000)
+        _, won, _ = store.claim([ClaimItem("e", due.score, state["ver"], [due.tick], due.tick + 50)], 10000)
         results.extend(won)
 
     threads = [threading.Thread(target=claim) for _ in range(8)]
@@ -127,7 +127,7 @@ def test_a_claim_with_a_stale_version_loses_to_an_upsert(app: Celery) -> None:
     (due,) = store.peek("x", 30000, 10000, 10, 10).due
     ver = json.loads(due.state)["ver"]  # type: ignore[arg-type]
     s.upsert("e", "t", every(0.05), args=[2])  # same schedule: next kept, version bumped
-    _, won = store.claim([ClaimItem("e", due.score, ver, [due.tick], due.tick + 50)], 10000)
+    _, won, _ = store.claim([ClaimItem("e", due.score, ver, [due.tick], due.tick + 50)], 10000)
     assert won == [False]
 
 
