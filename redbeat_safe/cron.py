@@ -27,6 +27,7 @@ UTC = timezone.utc
 #: The same fall-back window is never more than a day long; a match further
 #: away belongs to another window.
 _SAME_WINDOW = timedelta(days=1)
+MAX_PATTERN_LENGTH = 1000
 #: Patterns have second resolution at most; ticks are whole seconds.
 _SECOND = timedelta(seconds=1)
 
@@ -40,6 +41,8 @@ def parse(expr: str, day_and: bool) -> tuple[str, bool, bool]:
     text = " ".join(str(expr).split())
     if not text:
         raise CronError("the pattern is empty")
+    if len(text) > MAX_PATTERN_LENGTH:
+        raise CronError(f"the pattern is {len(text)} characters long; the limit is {MAX_PATTERN_LENGTH}")
     fields = text.split(" ")
     if text.startswith("@"):
         if len(fields) != 1:

@@ -20,6 +20,8 @@ from .schedules import Schedule, ScheduleError, from_celery, pattern
 
 MAX_NAME_LENGTH = 200
 MAX_DEFINITION_BYTES = 256 * 1024
+#: Deeper than this is refused (and Python's JSON would hit its recursion limit anyway).
+MAX_DEPTH = 64
 BEAT_ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "relative"})
 
 _STR = (str,)
@@ -71,8 +73,10 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _plain(value: Any, where: str) -> Any:
+def _plain(value: Any, where: str, depth: int = 0) -> Any:
     """``value`` as JSON would give it back; refuse what JSON cannot carry exactly."""
+    if depth > MAX_DEPTH:
+        raise DefinitionError(f"{where} is nested more than {MAX_DEPTH} levels deep")
     if value is None or isinstance(value, (bool, str)):
         if isinstance(value, str):
             try:
@@ -87,13 +91,13 @@ def _plain(value: Any, where: str) -> Any:
             raise DefinitionError(f"{where} contains {value!r}, which JSON cannot carry")
         return value
     if isinstance(value, (list, tuple)):
-        return [_plain(v, where) for v in value]
+        return [_plain(v, where, depth + 1) for v in value]
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise DefinitionError(f"{where} has a non-string key {key!r}; JSON keys are strings")
-            out[_plain(key, where)] = _plain(item, where)
+                raise DefinitionError(f"{where} has a non-string key {key!r:.60}; JSON keys are strings")
+            out[_plain(key, where, depth + 1)] = _plain(item, where, depth + 1)
         return out
     raise DefinitionError(
         f"{where} contains a {type(value).__name__} ({value!r:.60}); "
@@ -160,13 +164,13 @@ class EntryDef:
         """Parse a stored definition; anything malformed raises DefinitionError."""
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise DefinitionError(f"entry {name!r}: stored definition is not JSON ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("schedule"), dict):
             raise DefinitionError(f"entry {name!r}: stored definition is not an entry object")
         try:
             schedule = Schedule.from_json(data["schedule"])
-        except (ScheduleError, KeyError, TypeError, ValueError) as exc:
+        except (ScheduleError, KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
             raise DefinitionError(f"entry {name!r}: stored schedule is invalid ({exc})") from None
         return build(name, data.get("task"), schedule, data.get("args", []), data.get("kwargs"), data.get("options"))
 

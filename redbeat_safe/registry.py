@@ -62,7 +62,7 @@ def parse_state(raw: bytes | str | None) -> State | None:
             created_ms=None if data.get("ctime") is None else int(data["ctime"]),
             updated_ms=None if data.get("mtime") is None else int(data["mtime"]),
         )
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError, OverflowError):
         return None
 
 
@@ -79,6 +79,7 @@ class Restore:
 def _decide(
     entry: EntryDef,
     raw_state: bytes | None,
+    score: bytes | None,
     now: int,
     source: str,
     enabled: bool | None,
@@ -101,6 +102,9 @@ def _decide(
     want = st.enabled if enabled is None else enabled
     resuming = want and not st.enabled
     if st.definition_hash == dh and want == st.enabled:
+        if st.enabled and not st.done and score is None:
+            # set aside as unreadable (a record edited by hand): writing it again repairs it
+            return "repaired", item(st.version, entry.schedule.first_after(now), want)
         if source == "static" and st.source != "static":
             # a beat_schedule now declares an entry made through the API or an
             # import: it becomes static, so it is pruned once no config has it
@@ -124,7 +128,7 @@ def upsert(
     from_now: bool = True,
     restore: Mapping[str, Restore] | None = None,
 ) -> dict[str, str]:
-    """Write entries idempotently; returns name -> created/updated/unchanged/paused/resumed/adopted.
+    """Write entries idempotently; returns name -> created/updated/unchanged/paused/resumed/adopted/repaired.
 
     ``source`` is "static" or "api", or one per entry name. ``restore`` gives
     entries that do not exist yet their next tick, runs and last tick.
@@ -137,7 +141,7 @@ def upsert(
             items, outcomes = [], {}
             for name, entry in pending.items():
                 src = source if isinstance(source, str) else source[name]
-                outcome, it = _decide(entry, snap[name][0], now, src, enabled, from_now, (restore or {}).get(name))
+                outcome, it = _decide(entry, snap[name][0], snap[name][1], now, src, enabled, from_now, (restore or {}).get(name))
                 if it is None:
                     results[name] = outcome
                 else:

@@ -47,6 +47,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._ticking = False
         self._outage_since: float | None = None
         self._retry = 0.5
+        self._unknown_tasks: set[str] = set()
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
     # -- Celery's contract -------------------------------------------------
@@ -164,6 +165,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 client.close()
 
     def _publish(self, entry: EntryDef, name: str, tick: int) -> None:
+        if entry.task not in self.app.tasks and entry.task not in self._unknown_tasks:
+            # legitimate (a beat need not import the tasks; workers do), but a typo looks the same
+            self._unknown_tasks.add(entry.task)
+            logger.warning("redbeat_safe: task %r (entry %r) is not registered in this beat's app; sending it by name", entry.task, name)
         try:
             publish(self.app, entry, self.settings.key_prefix, tick, producer=self.producer)
         except Exception as exc:
