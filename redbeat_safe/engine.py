@@ -53,6 +53,7 @@ class Pass:
     peek: Peek
     planned: list[tuple[ClaimItem, EntryDef | None]]
     lost: bool = False  #: our registration is gone; register again first
+    read_at: float = 0.0  #: monotonic time at which peek.now was the server's time
 
 
 class Engine:
@@ -131,17 +132,18 @@ class Engine:
         started = time.monotonic()
         reap_due = self._reap_at is not None and started >= self._reap_at
         peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks, confirm=reap_due)
+        read_at = time.monotonic()
         self._acks = []
         self._reap_at = None if peek.next_lease is None else time.monotonic() + (peek.next_lease - peek.now) / 1000 - 0.1
         if peek.epoch != self._epoch or not peek.registered:
             logger.warning("redbeat_safe: this instance's registration is gone (Redis restarted empty, or it was paused too long); registering again")
             self.registered = False
-            return Pass(peek, [], lost=True)
+            return Pass(peek, [], lost=True, read_at=read_at)
         if peek.instances_expired:
             self._prune()
         self._lease_start = started
         self._reap(peek)
-        return Pass(peek, self._plan(peek) if peek.due else [])
+        return Pass(peek, self._plan(peek) if peek.due else [], read_at=read_at)
 
     def finish(self, p: Pass) -> float:
         """Second half: claim (compare-and-set), publish what was won, decide the sleep.
@@ -154,10 +156,11 @@ class Engine:
         peek, store = p.peek, self.store
         more = len(peek.due) >= BATCH or len(peek.reaped) >= REAP_BATCH or self._reap_at == 0.0
         wake = [t for t in (peek.next_tick, peek.next_lease) if t is not None]
-        now = peek.now
+        now, read_at = peek.now, p.read_at
         if p.planned:
             self._lease_start = time.monotonic()
             now, won, confirmed = store.claim([it for it, _ in p.planned], self.settings.lease_ms)
+            read_at = time.monotonic()
             claimed = [(it, e) for (it, e), ok in zip(p.planned, won, strict=True) if ok and e is not None]
             more = more or not all(won)
             for it, _ in claimed:
@@ -176,7 +179,9 @@ class Engine:
             self._acks = []
         if not wake:
             return self.max_interval
-        return max(0.0, min((min(wake) - now) / 1000.0, self.max_interval))
+        # ``now`` was read before publishing: what that took comes off the sleep
+        elapsed = time.monotonic() - read_at
+        return max(0.0, min((min(wake) - now) / 1000.0 - elapsed, self.max_interval))
 
     def _reap(self, peek: Peek) -> None:
         if peek.reaped and peek.confirmed is None:

@@ -7,7 +7,11 @@ log line per Redis outage); the claim protocol itself is in ``engine.py``.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery, beat
@@ -87,7 +91,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         try:
             if not self.engine.registered:
                 self._register()
-            delay = self.engine.run_once()
+            with self._stop_signals_wait():
+                delay = self.engine.run_once()
         except STORE_ERRORS as exc:
             return self._outage(exc)
         finally:
@@ -112,6 +117,43 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         finally:
             if not self._ticking:
                 self._release_connections()
+
+    @contextmanager
+    def _stop_signals_wait(self) -> Iterator[None]:
+        """Hold SIGTERM/SIGINT until the pass has recorded what it published.
+
+        Celery's handler closes the scheduler and raises SystemExit wherever it
+        lands. Mid-publish, the tick being sent may already be with the broker
+        while still counted unpublished; close() would hand it back and another
+        beat would publish it again (same id, but a repeat a graceful stop
+        must not cause). Held, the signal is acted on as soon as the pass
+        ends, at most one batch later. A second signal is acted on at once.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        held: list[tuple[Any, int, Any]] = []
+        previous: dict[int, Any] = {}
+
+        def hold(signum: int, frame: Any) -> None:
+            handler = previous[signum]
+            if held:  # asked twice: stop now
+                handler(signum, frame)
+            held.append((handler, signum, frame))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            current = signal.getsignal(sig)
+            if callable(current):
+                previous[sig] = current
+                signal.signal(sig, hold)
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            if held:
+                first, signum, frame = held[0]
+                first(signum, frame)
 
     def _release_connections(self) -> None:
         try:
@@ -170,7 +212,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._unknown_tasks.add(entry.task)
             logger.warning("redbeat_safe: task %r (entry %r) is not registered in this beat's app; sending it by name", entry.task, name)
         try:
-            publish(self.app, entry, self.settings.key_prefix, tick, producer=self.producer)
+            publish(self.app, entry, self.settings.key_prefix, tick, producer=self.producer, instance=self.engine.instance_id)
         except Exception as exc:
             raise PublishError(f"{type(exc).__name__}: {exc}", transient=self._transient(exc)) from exc
 

@@ -272,6 +272,31 @@ def test_sigterm_in_the_middle_of_busy_passes_never_crashes(beats: BeatGroup, re
     assert redis_server.client().zcard(Keys(beats.prefix).instances) == 0
 
 
+def test_rolling_sigterm_restarts_under_load_publish_every_tick_exactly_once(beats: BeatGroup) -> None:
+    """A graceful stop lands mid-pass, mid-publish: the tick being published must be
+    acknowledged, not handed back for another beat to publish again."""
+    n = 300
+    busy = {f"e{i}": {"every": 1} for i in range(n)}
+    group = [beats.start(busy, f"roll{i}") for i in range(2)]
+    for b in group:
+        b.wait_log(f"registered {n} static entries", timeout=60)
+    time.sleep(2)
+    for round_ in range(8):
+        i = round_ % 2
+        time.sleep(0.6 + 0.113 * round_)  # land at different points of a pass
+        group[i].signal(signal.SIGTERM)
+        assert group[i].proc is not None and group[i].proc.wait(20) == 0, group[i].output()[-2000:]
+        group[i] = beats.start(busy, f"roll{i}-{round_}")
+        group[i].wait_log(f"registered {n} static entries", timeout=60)
+    time.sleep(3)
+    beats.stop_all()
+    reports = check(beats.broker.messages(), beats.prefix, {name: every(1) for name in busy})
+    repeats = {name: r.same_id_repeats for name, r in reports.items() if r.same_id_repeats}
+    gaps = {name: r.gaps for name, r in reports.items() if r.gaps}
+    assert not repeats and not gaps, (repeats, gaps)
+    assert min(len(r.ticks) for r in reports.values()) >= 10
+
+
 def test_scheduler_alias_from_the_entry_point(beats: BeatGroup) -> None:
     a = beats.start({"e": {"every": 1}}, "alias", scheduler="redbeat_safe")
     a.wait_log("registered 1 static entries")

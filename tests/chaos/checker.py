@@ -103,6 +103,7 @@ def check(
         "entries checked (static)": len(static),
         "ticks expected (static)": expected,
         "messages published": len(records),
+        "instances that published": len({r.instance for r in records}),
         "distinct (entry, tick)": len(by_key),
         "repeats, same task id": f"{same_id} ({same_id - unexplained} explained by a fault)",
         "duplicates, new task id": new_id,
