@@ -122,8 +122,3 @@ def _count_round_trips(path: str, port: int) -> None:
 
 if env.get("BENCH_RT_FILE") and env.get("BENCH_STORE_URL"):
     _count_round_trips(env["BENCH_RT_FILE"], int(env["BENCH_STORE_URL"].rsplit(":", 1)[1].split("/")[0]))
-
-if env.get("BENCH_GC_OFF"):
-    import gc
-
-    gc.disable()
