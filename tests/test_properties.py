@@ -163,11 +163,12 @@ class Protocol(RuleBasedStateMachine):
             STATS["crashes"] += 1
             self.engines[slot] = self._engine(slot)
 
-    @rule(first=st.integers(0, 2), second=st.sampled_from([None, None, 0, 1, 2]), gap=st.integers(0, 1500), change=st.sampled_from(NAMES + ("",)))
-    def interleaved(self, first: int, second: int | None, gap: int, change: str) -> None:
+    @rule(first=st.integers(0, 2), second=st.sampled_from([None, None, 0, 1, 2]), gap=st.integers(0, 1500), pick=st.integers(-1, 5))
+    def interleaved(self, first: int, second: int | None, gap: int, pick: int) -> None:
         """Instance ``first`` plans its claims, then ``second`` runs, time may pass and
-        an entry's arguments may change, before ``first`` claims with what it saw:
-        the races the compare-and-set exists for."""
+        an entry's arguments may change (``pick``: one of the planned entries when
+        there are any, else any entry; -1: none), before ``first`` claims with what
+        it saw: the races the compare-and-set exists for."""
         if first == second or not self.engines[first].registered:
             return
         try:
@@ -176,6 +177,8 @@ class Protocol(RuleBasedStateMachine):
             STATS["crashes"] += 1
             self.engines[first] = self._engine(first)
             return
+        planned = [it.name for it, _ in seen.planned]
+        change = "" if pick < 0 else (planned[pick % len(planned)] if planned else NAMES[pick % len(NAMES)])
         if second is not None:
             self.run_pass(second)
         self.advance(gap)

@@ -24,7 +24,8 @@ local count = redis.call('ZCOUNT', KEYS[1], '-inf', now)
 local offset = 0
 if count > max_due then offset = math.floor(tonumber(ARGV[6]) * (count - max_due + 1)) end
 local due = {}
-if count > 0 then due = redis.call('ZRANGE', KEYS[1], offset, offset + max_due - 1, 'WITHSCORES') end
+-- by rank, so only as many as are due: the members after them are in the future
+if count > 0 then due = redis.call('ZRANGE', KEYS[1], offset, offset + math.min(max_due, count) - 1, 'WITHSCORES') end
 out[#out + 1] = #due / 2
 for i = 1, #due, 2 do
   out[#out + 1] = due[i]
