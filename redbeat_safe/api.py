@@ -13,19 +13,13 @@ from . import registry
 from .config import Settings
 from .connection import Client, connect
 from .definitions import EntryDef, build, check_name
-from .dispatch import publish
-from .schedules import every
-from .store import Ack, RedisStore, member
-from .views import Dispatch, Entry, Instance, entry_from_records
+from .dispatch import confirming, publish
+from .registry import EntryDamaged, EntryNotFound
+from .store import RedisStore, State
+from .trigger import trigger
+from .views import Dispatch, Entry, Instance, entry_from_stored
 
-__all__ = ["Schedules", "EntryNotFound", "Entry", "Dispatch", "Instance"]
-
-
-class EntryNotFound(KeyError):
-    """No entry of that name (or its records are unreadable)."""
-
-    def __str__(self) -> str:
-        return f"no entry named {self.args[0]!r}"
+__all__ = ["Schedules", "EntryNotFound", "EntryDamaged", "Entry", "Dispatch", "Instance"]
 
 
 class Schedules:
@@ -65,30 +59,28 @@ class Schedules:
         return registry.upsert(self.store, [entry], "api", enabled=bool(enabled))[name]
 
     def get(self, name: str) -> Entry | None:
+        """The entry, or None. A damaged entry is returned with ``problem`` set."""
         check_name(name)
-        return entry_from_records(name, *self.store.read_one(name))
+        _, found = self.store.snapshot([name], full=True)
+        return entry_from_stored(found[name])
 
-    def list(self) -> list[Entry]:
-        defs, states, due = self.store.read_all()
-        out = [entry_from_records(n, defs.get(n), states.get(n), due.get(n)) for n in sorted(set(defs) | set(states))]
-        return [e for e in out if e is not None]
+    def list(self) -> builtins.list[Entry]:
+        """Every entry, damaged ones included (with ``problem`` set), by name."""
+        _, rows = self.store.read(self.store.names())
+        return [e for e in map(entry_from_stored, rows) if e is not None]
 
     def remove(self, name: str) -> bool:
-        """Remove an entry; True if it existed. Ticks already claimed are still published."""
+        """Remove an entry, damaged or not; True if it existed. Ticks already claimed are still published."""
         check_name(name)
         return self.store.remove([name]) > 0
 
-    def _stored(self, name: str) -> tuple[EntryDef, registry.State, int | None]:
-        check_name(name)
-        raw_def, raw_state, score = self.store.read_one(name)
-        st = registry.parse_state(raw_state)
-        if raw_def is None or st is None:
-            raise EntryNotFound(name)
-        return EntryDef.from_json(name, raw_def), st, score
+    def _stored(self, name: str) -> tuple[EntryDef, State]:
+        entry, st, _ = registry.read_entry(self.store, name)
+        return entry, st
 
     def pause(self, name: str) -> str:
         """Stop dispatching ``name`` until resumed; returns paused or unchanged."""
-        entry, st, _ = self._stored(name)
+        entry, st = self._stored(name)
         return registry.upsert(self.store, [entry], st.source, enabled=False)[name]
 
     def resume(self, name: str, from_now: bool = True) -> str:
@@ -98,36 +90,32 @@ class Schedules:
         after now, on its own phase, so a long pause causes no burst; with
         False the ticks missed while paused follow the misfire policy.
         """
-        entry, st, _ = self._stored(name)
+        entry, st = self._stored(name)
         return registry.upsert(self.store, [entry], st.source, enabled=True, from_now=from_now)[name]
 
     # -- dispatching ------------------------------------------------------
-    def trigger(self, name: str) -> str:
-        """Dispatch ``name`` now, outside its schedule; returns the task id.
+    def trigger(self, name: str, request_id: str | None = None) -> str:
+        """Dispatch ``name`` now, outside its schedule, once; returns the task id.
 
         The run is claimed like a tick (in flight, under a lease) at a tick
         that is never one of the schedule's own, so it cannot collide with a
         live tick. If this process dies before publishing, a beat publishes it.
+        Calling again with the same ``request_id`` (for a day) returns the same
+        task id and never runs it twice, so a caller that got an exception can
+        simply retry; without one, each call is a new run.
         """
-        for _ in range(registry.ATTEMPTS):
-            entry, st, score = self._stored(name)
-            sched = entry.schedule
-            if isinstance(sched, every):
-                step, anchor = sched.interval_ms, score or st.hold or st.last or sched.start_ms or 0
-            else:
-                step, anchor = 1000, 0  # pattern ticks fall on whole seconds
-            tick = self.store.trigger(name, st.version, step, anchor, self.settings.lease_ms)
-            if tick is None:
-                continue  # changed meanwhile; read it again
-            m = member(name, tick)
-            try:
-                task_id = publish(self.app, entry, self.settings.key_prefix, tick, trigger=True)
-            except Exception:
-                self.store.ack([Ack(m, "", "x")], self.caller)  # cancelled: nothing was sent
-                raise
-            self.store.ack([Ack(m, task_id, "t")], self.caller)
-            return task_id
-        raise RuntimeError(f"entry {name!r} kept changing; trigger not sent")
+        app, prefix = self.app, self.settings.key_prefix
+
+        options = confirming(app)
+
+        def send(entry: EntryDef, entry_name: str, tick: int) -> None:
+            if not options:
+                publish(app, entry, prefix, tick, trigger=True)
+                return
+            with app.connection_for_write(transport_options=options) as conn:
+                publish(app, entry, prefix, tick, producer=app.amqp.Producer(conn), trigger=True)
+
+        return trigger(self.store, name, send, lease_ms=self.settings.lease_ms, caller=self.caller, request_id=request_id)
 
     def history(self, name: str, limit: int = 20) -> builtins.list[Dispatch]:
         """The latest dispatches of ``name``, newest first (at most 100 are kept)."""
@@ -141,8 +129,8 @@ class Schedules:
         return [Instance.from_row(now, *row) for row in rows]
 
     def status(self) -> dict[str, Any]:
-        """An overview for operators: instances, what is due soon, what is in flight, what is late."""
-        now, _ = self.store.snapshot([])
+        """An overview for operators: instances, what is due soon, what is in flight, what is late, what is damaged."""
+        now = self.store.now()
         due_soon = self.store.due_between(0, now + 60_000)
         late = [(n, t) for n, t in due_soon if t <= now]
         inflight = self.store.inflight()
@@ -155,6 +143,7 @@ class Schedules:
                 for m, deadline in inflight
             ],
             "most_late": None if not late else {"name": late[0][0], "tick_ms": late[0][1], "late_ms": now - late[0][1]},
+            "damaged": [{"name": e.name, "problem": e.problem} for e in self.list() if e.problem],
         }
 
     def close(self) -> None:

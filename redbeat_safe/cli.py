@@ -18,11 +18,13 @@ from zoneinfo import ZoneInfo
 import click
 import redis
 
-from .api import EntryNotFound, Schedules
+from .api import EntryDamaged, EntryNotFound, Schedules
 from .connection import STORE_ERRORS, redact
 from .definitions import DefinitionError
 from .schedules import ScheduleError, every, ms_to_datetime, pattern
 from .transfer import ImportRefused, export, import_export, import_redbeat
+from .trigger import new_request_id
+from .views import Entry
 
 F = TypeVar("F", bound=Callable[..., Any])
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -77,7 +79,7 @@ def _handled(fn: F) -> F:
             return fn(*args, **kwargs)
         except Failure as exc:
             code, message = exc.code, str(exc)
-        except EntryNotFound as exc:
+        except (EntryNotFound, EntryDamaged) as exc:
             code, message = 1, str(exc)
         except (DefinitionError, ScheduleError, ImportRefused) as exc:
             code, message = 2, f"refused, nothing written: {exc}"
@@ -139,12 +141,20 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     entries = _api(ctx).list()
     now = _now()
     rows = [
-        (e.name, e.schedule.human(), e.task, "finished" if e.finished else ("yes" if e.enabled else "paused"),
+        (e.name, "?" if e.schedule is None else e.schedule.human(), e.task or "?", _enabled(e),
          _ago(_ms(e.next_tick), now), _ago(_ms(e.last_tick), now), e.total_runs, e.source)
         for e in entries
     ]
+    damaged = [f"  {e.name}: {e.problem}" for e in entries if e.problem]
+    note = "" if not damaged else "\n\nDAMAGED (beats skip these; `add` it again to repair, or `remove` it):\n" + "\n".join(damaged)
     _emit(as_json, [e.as_dict() for e in entries],
-          lambda: _table(("NAME", "SCHEDULE", "TASK", "ENABLED", "NEXT", "LAST", "RUNS", "SOURCE"), rows) if rows else "no entries")
+          lambda: _table(("NAME", "SCHEDULE", "TASK", "ENABLED", "NEXT", "LAST", "RUNS", "SOURCE"), rows) + note if rows else "no entries")
+
+
+def _enabled(e: Entry) -> str:
+    if e.problem:
+        return "DAMAGED"
+    return "finished" if e.finished else ("yes" if e.enabled else "paused")
 
 
 @schedules.command()
@@ -226,7 +236,18 @@ def _remove(api: Schedules, name: str) -> str:
 _simple("remove", _remove)
 _simple("pause", lambda api, name: api.pause(name))
 _simple("resume", lambda api, name: api.resume(name))
-_simple("trigger", lambda api, name: api.trigger(name))
+
+
+@schedules.command(name="trigger", help=_HELP["trigger"])
+@click.argument("name")
+@click.option("--request-id", help="Idempotency key: the same id (within a day) never runs the entry twice. Default: a new one.")
+@json_option
+@click.pass_context
+@_handled
+def trigger_(ctx: click.Context, name: str, request_id: str | None, as_json: bool) -> None:
+    request = request_id or new_request_id()
+    task_id = _api(ctx).trigger(name, request_id=request)
+    _emit(as_json, {"name": name, "result": task_id, "request_id": request}, lambda: f"{name}: {task_id}")
 
 
 @schedules.command()

@@ -46,6 +46,24 @@ def message_options(entry: EntryDef, prefix: str, tick_ms: int, trigger: bool = 
     return options
 
 
+def confirming(app: Celery) -> dict[str, Any]:
+    """Transport options for publishing ticks: publisher confirms on an AMQP broker.
+
+    Without confirms, RabbitMQ's ``basic_publish`` returns before the broker
+    has the message, so a tick could be acknowledged as published and then
+    lost with the broker. Celery leaves them off; beats turn them on unless
+    ``broker_transport_options`` says ``confirm_publish`` either way.
+    """
+    if "confirm_publish" in (app.conf.broker_transport_options or {}):
+        return {}
+    conn = app.connection_for_write()
+    try:
+        driver = conn.transport.driver_type
+    finally:
+        conn.release()
+    return {"confirm_publish": True} if driver == "amqp" else {}
+
+
 def publish(
     app: Celery, entry: EntryDef, prefix: str, tick_ms: int, producer: Any = None, trigger: bool = False, instance: str | None = None
 ) -> str:

@@ -19,11 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import __version__, registry
-from .catchup import plan
+from .catchup import Plan, plan
 from .config import Settings
 from .definitions import DefinitionError, EntryDef
 from .dispatch import task_id_for
-from .store import Ack, ClaimItem, Peek, RedisStore, member
+from .schedules import iso
+from .store import ASIDE, CHANGED, CLAIMED, Ack, ClaimItem, Due, Peek, RedisStore, definition_hash, member
 
 logger = logging.getLogger("redbeat_safe")
 
@@ -31,6 +32,12 @@ logger = logging.getLogger("redbeat_safe")
 BATCH = 200
 REAP_BATCH = 100
 _CACHE_LIMIT = 100_000
+#: A pass that made no progress (every claim lost a race) waits at least this
+#: long before the next, so no record, however read, can make the loop spin.
+NO_PROGRESS_SLEEP = 0.05
+#: The same problem with the same entry is logged again after this long.
+REPORT_EVERY = 300.0
+_REPORT_LIMIT = 10_000
 
 
 class PublishError(Exception):
@@ -76,9 +83,16 @@ class Engine:
         self.published = 0
         self._epoch = ""
         self._acks: list[Ack] = []
-        self._unpublished: set[str] = set()
+        #: claims this instance holds and has not published: member -> its lease deadline (server ms)
+        self._unpublished: dict[str, int] = {}
+        self._server_now = 0  #: the server's clock at the latest peek or claim
         self._defs: dict[tuple[str, str], EntryDef] = {}
-        self._reported: set[str] = set()
+        #: entry -> {problem: when it was last logged (monotonic)}; cleared when the entry is claimed again
+        self._reported: dict[str, dict[str, float]] = {}
+        #: entries whose claim lost with nothing changed: name -> (score, version) it lost with
+        self._stuck: dict[str, tuple[bytes, int]] = {}
+        #: definitions whose JSON this version cannot read: (name, hash) -> why
+        self._unreadable: dict[tuple[str, str], str] = {}
         self._lease_start = 0.0
         self._reap_at: float | None = 0.0  #: when a lease may next expire (monotonic): peek WAITs then
         self._unconfirmed_since: float | None = None
@@ -115,12 +129,24 @@ class Engine:
             logger.info("redbeat_safe: removed static entries no live beat declares: %s", ", ".join(removed))
 
     def leave(self, store: RedisStore) -> None:
-        """Flush acknowledgements, hand back unpublished claims at once, deregister."""
+        """Flush acknowledgements, hand back the unpublished claims still held, deregister."""
         store.ack(self._acks, self.instance_id)
-        store.release(sorted(self._unpublished))
-        self._acks, self._unpublished = [], set()
+        store.release(sorted(self._held()), self.instance_id)
+        self._acks, self._unpublished = [], {}
         if self.registered:
             store.prune(leaving=self.instance_id)
+
+    def _held(self) -> list[str]:
+        """Unpublished claims whose lease has not run out (forgetting the others: the reaper has them)."""
+        for m in [m for m, until in self._unpublished.items() if until <= self._server_now]:
+            del self._unpublished[m]
+        return list(self._unpublished)
+
+    def _hold(self, members: Sequence[str], now: int) -> None:
+        """Note claims made (or re-leased) at server time ``now``, until they are published."""
+        self._server_now = max(self._server_now, now)
+        for m in members:
+            self._unpublished[m] = now + self.settings.lease_ms
 
     # -- the pass ----------------------------------------------------------
     def run_once(self) -> float:
@@ -134,93 +160,154 @@ class Engine:
         peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks, confirm=reap_due)
         read_at = time.monotonic()
         self._acks = []
+        self._server_now = peek.now
+        self._held()
         self._reap_at = None if peek.next_lease is None else time.monotonic() + (peek.next_lease - peek.now) / 1000 - 0.1
+        self._lease_start = started
+        # what the peek re-leased to us is ours to publish now, registered or not
+        self._reap(peek)
         if peek.epoch != self._epoch or not peek.registered:
             logger.warning("redbeat_safe: this instance's registration is gone (Redis restarted empty, or it was paused too long); registering again")
             self.registered = False
             return Pass(peek, [], lost=True, read_at=read_at)
         if peek.instances_expired:
             self._prune()
-        self._lease_start = started
-        self._reap(peek)
         return Pass(peek, self._plan(peek) if peek.due else [], read_at=read_at)
 
     def finish(self, p: Pass) -> float:
         """Second half: claim (compare-and-set), publish what was won, decide the sleep.
 
         Another instance may have claimed the same ticks between prepare() and
-        finish(); the compare-and-set is what makes that harmless.
+        finish(); the compare-and-set is what makes that harmless. Only a pass
+        that made progress (claimed, set aside or re-published something) may
+        ask to go again at once: one that lost every race waits a little, so
+        no record can make the loop spin.
         """
         if p.lost:
+            if self._acks:
+                self.store.ack(self._acks, self.instance_id)
+                self._acks = []
             return 0.0
         peek, store = p.peek, self.store
+        progress = bool(peek.reaped)
         more = len(peek.due) >= BATCH or len(peek.reaped) >= REAP_BATCH or self._reap_at == 0.0
+        raced = False
         wake = [t for t in (peek.next_tick, peek.next_lease) if t is not None]
         now, read_at = peek.now, p.read_at
         if p.planned:
             self._lease_start = time.monotonic()
-            now, won, confirmed = store.claim([it for it, _ in p.planned], self.settings.lease_ms)
+            now, codes, confirmed = store.claim([it for it, _ in p.planned], self.settings.lease_ms, self.instance_id)
             read_at = time.monotonic()
-            claimed = [(it, e) for (it, e), ok in zip(p.planned, won, strict=True) if ok and e is not None]
-            more = more or not all(won)
+            claimed = []
+            for (it, entry), c in zip(p.planned, codes, strict=True):
+                if c.code == CLAIMED and entry is not None:
+                    claimed.append((it, entry))
+                    self._stuck.pop(it.name, None)
+                    self._reported.pop(it.name, None)  # healthy again: its next problem is news
+                elif c.code == ASIDE:
+                    progress = True
+                    self._report(it.name, f"set aside: {c.aside}", level=logging.ERROR)
+                elif c.code == CHANGED:
+                    raced = True
+                    self._note_lost(it)
+            progress = progress or bool(claimed)
             for it, _ in claimed:
-                self._unpublished.update(member(it.name, t) for t in it.ticks)
+                self._hold([member(it.name, t) for t in it.ticks], now)
                 if it.next is not None:
                     more = more or it.next <= now
                     wake.append(it.next)
             if self._confirmed(confirmed):
                 self._publish_claimed(claimed)
             else:  # held: the lease brings them back to a reaper, so do not track them
-                self._unpublished.difference_update(member(it.name, t) for it, _ in claimed for t in it.ticks)
-        if more:
+                for it, _ in claimed:
+                    for t in it.ticks:
+                        self._unpublished.pop(member(it.name, t), None)
+        if progress and (more or raced):
             return 0.0
         if self._acks:
             store.ack(self._acks, self.instance_id)
             self._acks = []
+        if raced:
+            return NO_PROGRESS_SLEEP
         if not wake:
             return self.max_interval
         # ``now`` was read before publishing: what that took comes off the sleep
         elapsed = time.monotonic() - read_at
         return max(0.0, min((min(wake) - now) / 1000.0 - elapsed, self.max_interval))
 
+    def _note_lost(self, it: ClaimItem) -> None:
+        """A claim lost although the entry had not changed twice in a row means the two
+        sides of the protocol disagree about it: it is set aside rather than retried."""
+        key = (it.score, it.version)
+        if self._stuck.get(it.name) == key:
+            self._stuck[it.name] = (b"", -2)  # the next plan parks it
+        elif len(self._stuck) < _REPORT_LIMIT:
+            self._stuck[it.name] = key
+
     def _reap(self, peek: Peek) -> None:
         if peek.reaped and peek.confirmed is None:
             # reaped by a peek that did not WAIT (a lease ran out early): hand them
             # straight back, and the next peek reaps them again and WAITs
-            self.store.release([r.member for r in peek.reaped])
+            self.store.release([r.member for r in peek.reaped], self.instance_id)
             self._reap_at = 0.0
             return
         if peek.reaped and not self._confirmed(bool(peek.confirmed)):
             return  # held: they come back when this new lease runs out
         for r in peek.reaped:
-            entry = self._parse(r.name, r.definition)
+            parsed = r.parsed
+            if parsed is None:
+                self._report(r.member, "an in-flight record is not '<tick>:<entry>'; dropping it", level=logging.ERROR)
+                self._acks.append(Ack(r.member, "", "x"))
+                continue
+            tick, name = parsed
+            raw = r.definition
+            if raw is None:  # its claimed copy is gone: the entry's current definition, if any, is the best we have
+                raw = (self.store.definitions([name]) or [None])[0]
+                if raw is not None:
+                    self._report(name, f"the definition tick {tick} was claimed under is missing; sending it with the current one")
+            entry = self._parse(name, raw)
             if entry is None:
+                self._report(name, f"dropping tick {tick} ({iso(tick)}): nothing to publish it with", level=logging.ERROR)
                 self._acks.append(Ack(r.member, "", "x"))  # nothing publishable; drop the record
                 continue
-            self._unpublished.add(r.member)
-            logger.warning("redbeat_safe: re-publishing %s tick %d, whose claim expired unacknowledged", r.name, r.tick)
-            if not self._send(entry, r.name, r.tick, kind="r"):
+            self._hold([r.member], peek.now)
+            logger.warning("redbeat_safe: re-publishing %s tick %d (%s), whose claim expired unacknowledged", name, tick, iso(tick))
+            if not self._send(entry, name, tick, kind="r"):
                 return
 
     def _plan(self, peek: Peek) -> list[tuple[ClaimItem, EntryDef | None]]:
-        """One claim per due entry; corrupt ones are parked (entry None)."""
-        states = {d.name: registry.parse_state(d.state) for d in peek.due}
-        missing = [d.name for d in peek.due if (st := states[d.name]) is not None and (d.name, st.definition_hash) not in self._defs]
-        for name, raw in zip(missing, self.store.definitions(missing), strict=True):
-            entry = self._parse(name, raw)
-            st = states[name]
-            if entry is not None and st is not None and entry.definition_hash == st.definition_hash:
+        """One claim per due entry. One the engine cannot read is sent to the claim to be
+        checked (the script sets it aside if its records are damaged; a change racing
+        this pass is no damage), one it cannot follow is parked (entry None)."""
+        missing = {d.name: d.definition_hash for d in peek.due if d.version >= 0 and (d.name, d.definition_hash) not in self._defs}
+        if missing:
+            names = sorted(missing)
+            for name, raw in zip(names, self.store.definitions(names), strict=True):
+                dh = missing[name]
+                if raw is None or definition_hash(raw) != dh:
+                    continue  # not the definition the state names: damaged or changed meanwhile
+                try:
+                    parsed = EntryDef.from_json(name, raw)
+                except DefinitionError as exc:
+                    self._unreadable[(name, dh)] = str(exc)
+                    continue
                 if len(self._defs) > _CACHE_LIMIT:
                     self._defs.clear()
-                self._defs[(name, st.definition_hash)] = entry
+                self._defs[(name, dh)] = parsed
         items: list[tuple[ClaimItem, EntryDef | None]] = []
         s = self.settings
         for d in peek.due:
-            st = states[d.name]
-            entry = None if st is None else self._defs.get((d.name, st.definition_hash))
-            if st is None or entry is None:
-                self._report(d.name, "its stored state or definition is unreadable or inconsistent")
-                items.append((ClaimItem(d.name, d.score, None if st is None else st.version, [], None, park=True), None))
+            entry = None if d.version < 0 else self._defs.get((d.name, d.definition_hash))
+            if self._stuck.get(d.name) == (b"", -2):
+                del self._stuck[d.name]
+                items.append((self._park(d, "its claim kept failing although nothing changed (the store and this beat read it differently)"), None))
+                continue
+            if entry is None:
+                problem = self._unreadable.pop((d.name, d.definition_hash), None)
+                if problem is not None:
+                    items.append((self._park(d, f"its definition cannot be read: {problem}"), None))
+                else:  # damaged, or changed since the peek: the claim script tells which
+                    items.append((ClaimItem(d.name, d.score, d.version, [], None, mode="check"), None))
                 continue
             sched = entry.schedule
             policy = sched.catchup or s.catchup
@@ -229,20 +316,31 @@ class Engine:
                     sched,
                     d.tick,
                     peek.now,
-                    st.runs,
+                    d.runs,
                     policy=policy,
                     grace_ms=self.grace_ms,
                     deadline_ms=s.starting_deadline_ms if sched.kind == "pattern" else None,
                     max_catchup=s.catchup_max,
                 )
-            except Exception:  # a stored schedule our arithmetic cannot follow
-                logger.exception("redbeat_safe: entry %r: cannot compute its next tick; setting it aside", d.name)
-                items.append((ClaimItem(d.name, d.score, st.version, [], None, park=True), None))
+            except Exception as exc:  # a stored schedule our arithmetic cannot follow
+                logger.exception("redbeat_safe: entry %r: cannot compute its next tick", d.name)
+                items.append((self._park(d, f"its next tick cannot be computed ({type(exc).__name__}: {exc})"), None))
                 continue
-            if p.missed:
-                logger.info("redbeat_safe: entry %r missed ticks since %d (policy %s): publishing %d", d.name, d.tick, policy, len(p.fire))
-            items.append((ClaimItem(d.name, d.score, st.version, p.fire, p.next), entry))
+            if p.dropped or not p.counted_all:
+                self._log_dropped(d.name, policy, p)
+            items.append((ClaimItem(d.name, d.score, d.version, p.fire, p.next), entry))
         return items
+
+    @staticmethod
+    def _park(d: Due, reason: str) -> ClaimItem:
+        return ClaimItem(d.name, d.score, d.version, [], None, mode="park", reason=reason)
+
+    def _log_dropped(self, name: str, policy: str, p: Plan) -> None:
+        count = f"{p.missed}" if p.counted_all else f"more than {p.missed - 1}"
+        dropped = f"{p.dropped}" if p.counted_all else "the rest"
+        span = "" if p.dropped_from is None else f" from {iso(p.dropped_from)}" + ("" if p.dropped_to is None else f" to {iso(p.dropped_to)}")
+        logger.warning("redbeat_safe: entry %r missed %s tick(s) while no beat ran; policy %s published %d of them and dropped %s%s",
+                       name, count, policy, p.kept, dropped, span)
 
     def _publish_claimed(self, claimed: list[tuple[ClaimItem, EntryDef]]) -> None:
         for it, entry in claimed:
@@ -265,7 +363,8 @@ class Engine:
         if not self._lease_left():
             logger.warning("redbeat_safe: the lease on %s tick %d ran out before it was published; leaving it to the reaper", name, tick)
             return False
-        logger.info("Scheduler: Sending due task %s (%s) for tick %d", name, entry.task, tick)
+        task_id = task_id_for(self.settings.key_prefix, name, tick)
+        logger.info("Scheduler: Sending due task %s (%s) for tick %d (%s), task id %s", name, entry.task, tick, iso(tick), task_id)
         try:
             self.publish(entry, name, tick)
         except PublishError as exc:
@@ -276,8 +375,8 @@ class Engine:
             # value): Celery's beat would drop the tick too, but we say so loudly.
             logger.error("redbeat_safe: dropping %s tick %d: %s (retrying would fail the same way)", name, tick, exc)
             kind = "x"
-        self._unpublished.discard(m)
-        self._acks.append(Ack(m, task_id_for(self.settings.key_prefix, name, tick), kind))
+        self._unpublished.pop(m, None)
+        self._acks.append(Ack(m, task_id, kind))
         self.published += 1
         return True
 
@@ -302,7 +401,6 @@ class Engine:
 
     def _parse(self, name: str, raw: bytes | None) -> EntryDef | None:
         if raw is None:
-            self._report(name, "its definition is missing")
             return None
         try:
             return EntryDef.from_json(name, raw)
@@ -310,7 +408,14 @@ class Engine:
             self._report(name, str(exc))
             return None
 
-    def _report(self, name: str, problem: str) -> None:
-        if name not in self._reported:
-            self._reported.add(name)
-            logger.error("redbeat_safe: skipping entry %r: %s (every other entry keeps firing)", name, problem)
+    def _report(self, name: str, problem: str, level: int = logging.WARNING) -> None:
+        """Log a problem with one entry once; again after REPORT_EVERY, or after the entry was healthy in between."""
+        seen = self._reported.setdefault(name, {})
+        now = time.monotonic()
+        last = seen.get(problem)
+        if last is not None and now - last < REPORT_EVERY:
+            return
+        if len(self._reported) > _REPORT_LIMIT:
+            self._reported = {name: seen}
+        seen[problem] = now
+        logger.log(level, "redbeat_safe: entry %r: %s (every other entry keeps firing)", name, problem)

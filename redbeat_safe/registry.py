@@ -6,7 +6,12 @@ The rules that keep registration idempotent and monotonic live here:
 * changed arguments or options, same schedule: the next tick is kept;
 * changed schedule: the next tick is recomputed from the server's "now";
 * a paused entry stays paused unless the caller says otherwise; resuming
-  continues the schedule from now (no burst of missed runs).
+  continues the schedule from now (no burst of missed runs);
+* a damaged entry (records edited by hand, set aside by a beat) is rewritten:
+  writing it again repairs it;
+* a new next tick is always after the entry's last claimed tick, even when
+  the server clock stepped back behind it (NTP, a failover to a replica
+  whose clock is behind): "now" is then the last claimed tick.
 
 Each write is a compare-and-set on the entry's version; a conflict means
 someone else changed it in between, so we re-read and decide again.
@@ -14,56 +19,47 @@ someone else changed it in between, so we re-read and decide again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from .definitions import EntryDef
-from .store import RedisStore, UpsertItem
+from .definitions import DefinitionError, EntryDef, check_name
+from .store import RedisStore, State, Stored, UpsertItem
+
+__all__ = ["State", "Restore", "upsert", "read_entry", "EntryNotFound", "EntryDamaged", "ATTEMPTS"]
 
 CHUNK = 500
 ATTEMPTS = 20
 
 
-@dataclass
-class State:
-    version: int
-    definition_hash: str
-    schedule_hash: str
-    runs: int
-    last: int | None
-    hold: int | None
-    enabled: bool
-    done: bool
-    source: str
-    created_ms: int | None
-    updated_ms: int | None
+class EntryNotFound(KeyError):
+    """No entry of that name."""
+
+    def __str__(self) -> str:
+        return f"no entry named {self.args[0]!r}"
 
 
-def parse_state(raw: bytes | str | None) -> State | None:
-    """A stored state record, or None when it is missing or not valid state."""
-    if raw is None:
-        return None
-    try:
-        data: Any = json.loads(raw)
-        if not isinstance(data, dict) or isinstance(data.get("ver"), bool):
-            return None
-        return State(
-            version=int(data["ver"]),
-            definition_hash=str(data.get("dh", "")),
-            schedule_hash=str(data.get("sh", "")),
-            runs=int(data.get("runs", 0)),
-            last=None if int(data.get("last", -1)) < 0 else int(data["last"]),
-            hold=None if int(data.get("hold", -1)) < 0 else int(data["hold"]),
-            enabled=bool(data.get("enabled", True)),
-            done=bool(data.get("done", False)),
-            source=str(data.get("src", "api")),
-            created_ms=None if data.get("ctime") is None else int(data["ctime"]),
-            updated_ms=None if data.get("mtime") is None else int(data["mtime"]),
-        )
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError, OverflowError):
-        return None
+class EntryDamaged(ValueError):
+    """The entry's records are damaged: it can be shown, repaired (upsert) or removed, nothing else."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"entry {name!r} is damaged: {problem}; add it again to repair it, or remove it")
+        self.name, self.problem = name, problem
+
+
+def read_entry(store: RedisStore, name: str) -> tuple[EntryDef, State, Stored]:
+    """An entry's definition and state; raises EntryNotFound or EntryDamaged."""
+    check_name(name)
+    _, found = store.snapshot([name], full=True)
+    stored = found[name]
+    if not stored.exists:
+        raise EntryNotFound(name)
+    problem = stored.problem
+    if problem is None and stored.state is not None and stored.definition is not None:
+        try:
+            return EntryDef.from_json(name, stored.definition), stored.state, stored
+        except DefinitionError as exc:
+            problem = f"its definition cannot be read: {exc}"
+    raise EntryDamaged(name, problem or "its records are incomplete")
 
 
 @dataclass
@@ -78,43 +74,46 @@ class Restore:
 
 def _decide(
     entry: EntryDef,
-    raw_state: bytes | None,
-    score: bytes | None,
+    stored: Stored,
     now: int,
     source: str,
     enabled: bool | None,
     from_now: bool = True,
     restore: Restore | None = None,
 ) -> tuple[str, UpsertItem | None]:
-    """What to write for one entry, given its stored state; (outcome, item or None)."""
-    st = parse_state(raw_state)
+    """What to write for one entry, given what is stored; (outcome, item or None)."""
+    st = stored.state
     dh, sh = entry.definition_hash, entry.schedule_hash
 
     def item(expected: int | None | str, nxt: int | str | None, on: bool, runs: int | None = None, last: int | None = None) -> UpsertItem:
         return UpsertItem(entry.name, expected, entry.to_json(), dh, sh, source, nxt, on, runs, last)
 
     if st is None:
-        expected: int | str | None = None if raw_state is None else "!"
+        expected: int | str | None = None if stored.state_problem is None else "!"
         if restore is not None:
             nxt = entry.schedule.first_after(now) if restore.next is None else restore.next
             return "created", item(expected, nxt, restore.enabled if enabled is None else enabled, restore.runs, restore.last)
         return "created", item(expected, entry.schedule.first_after(now), True if enabled is None else enabled)
+    # never plan onto or before a claimed tick, whatever the server clock says
+    after = now if st.last is None else max(now, st.last)
     want = st.enabled if enabled is None else enabled
     resuming = want and not st.enabled
+    damaged = stored.problem is not None
     if st.definition_hash == dh and want == st.enabled:
-        if st.enabled and not st.done and score is None:
-            # set aside as unreadable (a record edited by hand): writing it again repairs it
-            return "repaired", item(st.version, entry.schedule.first_after(now), want)
+        if damaged:
+            # edited by hand, or set aside by a beat: writing it again repairs it
+            keep = stored.score is not None or st.done or not st.enabled
+            return "repaired", item(st.version, "keep" if keep else entry.schedule.first_after(after), want)
         if source == "static" and st.source != "static":
             # a beat_schedule now declares an entry made through the API or an
             # import: it becomes static, so it is pruned once no config has it
             return "adopted", item(st.version, "keep", want)
         return "unchanged", None
-    if st.schedule_hash != sh:
-        return "updated", item(st.version, entry.schedule.first_after(now), want)
+    if st.schedule_hash != sh or (damaged and stored.score is None and want and not st.done):
+        return "updated", item(st.version, entry.schedule.first_after(after), want)
     if resuming and from_now and st.hold is not None:
         # continue the schedule from now, on its own phase: no burst of missed runs
-        return "resumed", item(st.version, entry.schedule.at_or_after(st.hold, now + 1), want)
+        return "resumed", item(st.version, entry.schedule.at_or_after(st.hold, after + 1), want)
     outcome = "updated" if st.definition_hash != dh else ("resumed" if want else "paused")
     return outcome, item(st.version, "keep", want)
 
@@ -141,7 +140,7 @@ def upsert(
             items, outcomes = [], {}
             for name, entry in pending.items():
                 src = source if isinstance(source, str) else source[name]
-                outcome, it = _decide(entry, snap[name][0], snap[name][1], now, src, enabled, from_now, (restore or {}).get(name))
+                outcome, it = _decide(entry, snap[name], now, src, enabled, from_now, (restore or {}).get(name))
                 if it is None:
                     results[name] = outcome
                 else:

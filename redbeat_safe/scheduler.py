@@ -19,15 +19,34 @@ from celery.exceptions import ImproperlyConfigured
 from celery.schedules import crontab
 from celery.utils.log import get_logger
 from kombu.exceptions import OperationalError
+from kombu.utils.objects import cached_property
+from redis import exceptions as rx
 
 from .config import Settings
 from .connection import STORE_ERRORS, Client, connect
 from .definitions import DefinitionError, EntryDef, from_beat_entry
-from .dispatch import publish
+from .dispatch import confirming, publish
 from .engine import Engine, PublishError
 from .store import RedisStore
 
 logger = get_logger(__name__)
+
+#: Error replies that mean "not now" (a failover, a restart, a busy or full
+#: server): an outage like a refused connection. Any other error reply is a
+#: refusal that waiting alone will not fix (a damaged key, a missing ACL
+#: permission), reported as such.
+_TRANSIENT_REPLIES: tuple[type[Exception], ...] = (rx.ReadOnlyError, rx.TryAgainError, rx.ClusterDownError, rx.AskError,
+                                                   rx.OutOfMemoryError)
+_TRANSIENT_PREFIXES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "OOM")
+#: The same refusal is logged again after this long.
+_REFUSAL_EVERY = 300.0
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether a store error is Redis refusing a command, not Redis being unavailable."""
+    if not isinstance(exc, rx.ResponseError) or isinstance(exc, _TRANSIENT_REPLIES):
+        return False
+    return not str(exc).startswith(_TRANSIENT_PREFIXES)
 
 
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
@@ -51,6 +70,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._ticking = False
         self._outage_since: float | None = None
         self._retry = 0.5
+        self._refusals: dict[str, float] = {}
         self._unknown_tasks: set[str] = set()
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
@@ -61,8 +81,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.data: dict[str, Any] = {}
         try:
             self._register()
-        except STORE_ERRORS as exc:
-            self._outage(exc)  # tick() registers once Redis answers
+        except STORE_ERRORS as exc:  # tick() registers once Redis answers
+            self._refused(exc) if is_refusal(exc) else self._outage(exc)
 
     @property
     def info(self) -> str:
@@ -94,7 +114,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             with self._stop_signals_wait():
                 delay = self.engine.run_once()
         except STORE_ERRORS as exc:
-            return self._outage(exc)
+            return self._refused(exc) if is_refusal(exc) else self._outage(exc)
         finally:
             self._ticking = False
             if self._closed:  # close() ran in a signal handler during this tick
@@ -222,6 +242,22 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         recoverable = tuple(connection.connection_errors) + tuple(connection.channel_errors)
         cause = exc.__cause__ or exc.__context__
         return any(isinstance(e, (OperationalError, OSError, TimeoutError) + recoverable) for e in (exc, cause) if e is not None)
+
+    @cached_property
+    def connection(self) -> Any:
+        """Beat's broker connection, with publisher confirms on an AMQP broker (see dispatch.confirming)."""
+        return self.app.connection_for_write(transport_options=confirming(self.app))
+
+    def _refused(self, exc: Exception) -> float:
+        message = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._refusals.get(message, -_REFUSAL_EVERY) >= _REFUSAL_EVERY:
+            if len(self._refusals) > 100:
+                self._refusals.clear()
+            self._refusals[message] = now
+            logger.error("redbeat_safe: Redis refused a command (%s); not an outage: a damaged key, a missing ACL permission "
+                         "or a bug. Retrying every %.1fs", message, float(self.max_interval))
+        return float(self.max_interval)
 
     def _outage(self, exc: Exception) -> float:
         if self._outage_since is None:

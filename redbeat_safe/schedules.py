@@ -29,16 +29,29 @@ class ScheduleError(ValueError):
     """A schedule that cannot be honoured; the message says why."""
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_ms(value: datetime, what: str) -> int:
     if not isinstance(value, datetime):
         raise ScheduleError(f"{what} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ScheduleError(f"{what} must be timezone-aware (got naive {value.isoformat()})")
-    return int(round(value.timestamp() * 1000))
+    micros = (value - _EPOCH) // timedelta(microseconds=1)  # exact, unlike timestamp() * 1000
+    return int((micros + 500) // 1000)
 
 
 def ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
+    """Exact: ``fromtimestamp(ms / 1000)`` loses microseconds beyond year 2255 or so."""
+    return _EPOCH + timedelta(milliseconds=int(ms))
+
+
+def iso(ms: int) -> str:
+    """A tick in ISO 8601, UTC, for logs: 2026-12-01T22:37:06.123Z."""
+    try:
+        return ms_to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return str(ms)
 
 
 def zone_name(tz: Union[str, tzinfo, None]) -> str:
@@ -114,6 +127,14 @@ class Schedule(BaseSchedule):  # type: ignore[misc]
             out.append(current)
             current = self.next_after(current)
         return out
+
+    def count_ticks(self, tick_ms: int, upto_ms: int, cap: int) -> int:
+        """How many ticks of the series from ``tick_ms`` are <= ``upto_ms`` (at most ``cap``)."""
+        n, current = 0, self._bounded(tick_ms)
+        while current is not None and current <= upto_ms and n < cap:
+            n += 1
+            current = self.next_after(current)
+        return n
 
     def latest_ticks(self, tick_ms: int, upto_ms: int, count: int) -> list[int]:
         """The last ``count`` ticks in [tick_ms, upto_ms], oldest first.
@@ -267,6 +288,13 @@ class every(Schedule):
             return tick_ms
         steps = -(-(when_ms - tick_ms) // self.interval_ms)
         return self._bounded(tick_ms + steps * self.interval_ms)
+
+    def count_ticks(self, tick_ms: int, upto_ms: int, cap: int) -> int:
+        if self.end_ms is not None:
+            upto_ms = min(upto_ms, self.end_ms)
+        if upto_ms < tick_ms or tick_ms > MAX_TICK_MS:
+            return 0
+        return min(cap, (min(upto_ms, MAX_TICK_MS) - tick_ms) // self.interval_ms + 1)
 
     def latest_ticks(self, tick_ms: int, upto_ms: int, count: int) -> list[int]:
         if upto_ms < tick_ms or count < 1:

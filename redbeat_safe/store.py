@@ -6,6 +6,14 @@ the one node that owns the tag's slot. Scripts are loaded once and called by
 SHA; redis-py reloads one the server has forgotten (restart, SCRIPT FLUSH,
 failover to a replica that never saw it).
 
+Any call may reach Redis twice: redis-py sends a command again when the
+connection dropped before the reply came, although the script had run. So
+every script that writes gets a key of its own for this call (``reply``): its
+first run records its answer there, a second run returns that answer and
+writes nothing (see each script's header). State records are parsed only by
+the scripts (``load_state`` in _common.lua); Python receives the checked
+fields, so the two sides can never read a record differently.
+
 With ``wait_replicas`` the writes that gate a publish (claim, and the peek that
 re-leases expired ticks) are followed by ``WAIT n timeout`` in the same
 pipeline, so on the same connection: the caller learns whether n replicas have
@@ -14,9 +22,11 @@ them, i.e. whether they survive a failover to one of those replicas.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -29,7 +39,14 @@ from .connection import Client
 _SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune")
 #: Dispatches remembered per entry (its history list is trimmed to this).
 HISTORY_LENGTH = 100
-
+#: How long a script's answer is kept for a second run of the same call: far
+#: longer than redis-py's retries of one command (a few seconds).
+REPLY_TTL_MS = 60_000
+#: How long a trigger request id is remembered: a caller retrying the same
+#: request within this time gets the same run, never a second one.
+REQUEST_TTL_MS = 24 * 3600 * 1000
+#: Names read per snapshot call when listing every entry.
+READ_CHUNK = 500
 
 _SERVER_CLOCK = """  local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"""
@@ -57,36 +74,143 @@ class Keys:
         self.defs = f"{tag}:defs"  # hash: entry -> definition JSON
         self.state = f"{tag}:state"  # hash: entry -> state JSON (version, runs, last tick, ...)
         self.static = f"{tag}:static"  # set: entries registered from a beat_schedule
+        self.aside = f"{tag}:aside"  # hash: entry -> why a beat set it aside (JSON), until it is upserted or removed
         self.inflight = f"{tag}:inflight"  # zset: "<tick>:<entry>" -> lease deadline (ms)
         self.flight = f"{tag}:flight"  # hash: "<tick>:<entry>" -> definition JSON it was claimed under
+        self.holder = f"{tag}:holder"  # hash: "<tick>:<entry>" -> the instance (or API caller) holding its lease
         self.instances = f"{tag}:instances"  # zset: instance id -> heartbeat deadline (ms)
         self.instinfo = f"{tag}:instinfo"  # hash: instance id -> JSON (host, pid, static names)
         self.inststats = f"{tag}:inststats"  # hash: instance id -> ticks it published
         self.meta = f"{tag}:meta"  # hash: epoch (changes if Redis lost the data)
         self._history = f"{tag}:history:"
+        self._reply = f"{tag}:reply:"
+        self._request = f"{tag}:request:"
 
     def history(self, name: str) -> str:
         """list: the entry's latest dispatches, newest first (JSON records)."""
         return self._history + name
 
+    def reply(self, call_id: str) -> str:
+        """string, expiring: one script call's answer, for a second run of the same call."""
+        return self._reply + call_id
+
+    def request(self, name: str, request_id: str) -> str:
+        """string, expiring: the tick a trigger request claimed."""
+        return f"{self._request}{name}:{request_id}"
+
 
 def _s(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _opt_int(value: Any) -> int | None:
     return None if value in (b"", "", None, False) else int(float(_s(value)))
 
 
+def definition_hash(raw: bytes | str) -> str:
+    """How the state names its definition: the first 16 hex digits of its SHA-1."""
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()[:16]
+
+
+def whole_ms(raw: Any) -> int | None:
+    """A score as Redis prints it, if it is a whole number of ms (else None: damaged)."""
+    if raw is None or raw is False:
+        return None
+    try:
+        value = float(_s(raw))
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and 0 <= value <= 2**53 else None
+
+
+@dataclass(frozen=True)
+class State:
+    """An entry's state record, as ``load_state`` (in _common.lua) checked it."""
+
+    version: int
+    runs: int
+    last: int | None  #: the latest claimed tick
+    hold: int | None  #: while paused: the tick it would have had
+    trigger: int | None  #: the latest triggered tick
+    enabled: bool
+    done: bool
+    definition_hash: str
+    schedule_hash: str
+    source: str  #: "static" or "api"
+    created_ms: int
+    updated_ms: int
+
+    @classmethod
+    def from_fields(cls, f: Sequence[Any]) -> State:
+        def tick(v: Any) -> int | None:
+            return None if int(v) < 0 else int(v)
+
+        return cls(int(f[0]), int(f[1]), tick(f[2]), tick(f[3]), tick(f[4]), bool(int(f[5])), bool(int(f[6])),
+                   _s(f[7]), _s(f[8]), _s(f[9]), int(f[10]), int(f[11]))
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Everything stored for one entry name, checked, with what is wrong with it."""
+
+    name: str
+    state: State | None
+    state_problem: str | None  #: a state record exists but is not valid
+    score_raw: bytes | None  #: its next tick exactly as Redis prints it
+    definition: bytes | None  #: the stored definition (only when read in full)
+    stored_hash: str | None  #: the hash of the stored definition; None when there is none
+    aside: str | None  #: why a beat set it aside
+
+    @property
+    def score(self) -> int | None:
+        return whole_ms(self.score_raw)
+
+    @property
+    def exists(self) -> bool:
+        return self.state is not None or self.state_problem is not None or self.stored_hash is not None or self.score_raw is not None
+
+    @property
+    def problem(self) -> str | None:
+        """What is wrong with the records, or None when they are consistent."""
+        if self.state_problem:
+            return self.state_problem
+        if self.state is None:
+            return "its state record is missing" if self.exists else None
+        if self.stored_hash is None:
+            return "its definition is missing"
+        if self.stored_hash != self.state.definition_hash:
+            return "its definition does not match its state (edited by hand?)"
+        if self.score_raw is not None and self.score is None:
+            return f"its next tick {_s(self.score_raw)!r} is not whole ms"
+        if self.state.enabled and not self.state.done and self.score_raw is None:
+            return f"set aside by a beat: {self.aside}" if self.aside else "set aside by a beat"
+        return None
+
+
 @dataclass
 class Due:
     name: str
     score: bytes  #: the score exactly as Redis printed it (the claim compares it)
-    state: bytes | None
+    version: int  #: -1 when the state or score is not valid (``problem`` says why)
+    runs: int
+    definition_hash: str  #: what the state names; the problem text when version is -1
 
     @property
     def tick(self) -> int:
         return int(float(self.score))
+
+    @property
+    def problem(self) -> str | None:
+        return self.definition_hash if self.version < 0 else None
+
+
+def split_member(member: str) -> tuple[int, str] | None:
+    """(tick, entry) of an in-flight member "<tick>:<entry>"; None for anything else."""
+    digits, sep, name = member.partition(":")
+    if not sep or not name or not digits.isascii() or not digits.isdigit() or len(digits) > 15:
+        return None
+    return int(digits), name
 
 
 @dataclass
@@ -95,12 +219,8 @@ class Reaped:
     definition: bytes | None
 
     @property
-    def tick(self) -> int:
-        return int(self.member.split(":", 1)[0])
-
-    @property
-    def name(self) -> str:
-        return self.member.split(":", 1)[1]
+    def parsed(self) -> tuple[int, str] | None:
+        return split_member(self.member)
 
 
 @dataclass
@@ -116,14 +236,27 @@ class Peek:
     confirmed: bool | None = True  #: the re-leases of ``reaped`` reached wait_replicas replicas (None: not asked)
 
 
+#: What claim answers per entry (ASIDE: it was set aside; ``Claimed.aside`` says why).
+CLAIMED, CHANGED, NOT_DUE, ASIDE = 1, 0, -1, 2
+
+
 @dataclass
 class ClaimItem:
     name: str
     score: bytes
-    version: int | None  #: None when the state record is unreadable (parking only)
+    version: int  #: -1 when the state was unreadable
     ticks: list[int]
     next: int | None  #: None ends the entry
-    park: bool = False
+    mode: str = ""  #: "" a claim; "check": set it aside if damaged; "park": set it aside for ``reason``
+    reason: str = ""
+
+
+@dataclass
+class Claimed:
+    """claim's answer for one entry: CLAIMED, CHANGED, NOT_DUE or ASIDE."""
+
+    code: int
+    aside: str | None = None
 
 
 @dataclass
@@ -146,7 +279,15 @@ class Ack:
 
     member: str
     task_id: str
-    kind: str = "s"  #: "s" scheduled, "r" re-published by the reaper, "t" triggered
+    kind: str = "s"  #: "s" scheduled, "r" re-published by the reaper, "t" triggered, "x" not sent
+
+
+@dataclass
+class Triggered:
+    """trigger's answer: the tick and what to do with it."""
+
+    tick: int | None
+    outcome: str  #: "claimed" (publish it), "sent", "taken" (a beat publishes it), "changed", or what is wrong
 
 
 def member(name: str, tick: int) -> str:
@@ -155,6 +296,21 @@ def member(name: str, tick: int) -> str:
 
 def _flat(acks: Sequence[Ack]) -> list[str]:
     return [x for a in acks for x in (a.member, a.task_id, a.kind)]
+
+
+def _stored(name: str, row: Sequence[Any], full: bool) -> Stored:
+    state_raw, score, shown, aside_raw = (list(row) + [None] * 4)[:4]
+    state = State.from_fields(state_raw) if isinstance(state_raw, list) else None
+    problem = _s(state_raw) if isinstance(state_raw, bytes) else None
+    aside = None
+    if aside_raw:
+        try:
+            aside = str(json.loads(aside_raw).get("problem"))
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            aside = _s(aside_raw)
+    definition = shown if full and shown else None
+    stored_hash = (definition_hash(shown) if full else _s(shown)) if shown else None
+    return Stored(name, state, problem, score or None, definition, stored_hash, aside)
 
 
 class RedisStore:
@@ -169,6 +325,9 @@ class RedisStore:
         self.wait_timeout_ms = wait_timeout_ms
         sources = _SOURCES if test_clock_key is None else _load_scripts(test_clock_key)
         self._scripts = {name: client.register_script(src) for name, src in sources.items()}
+
+    def _reply_key(self) -> str:
+        return self.keys.reply(os.urandom(8).hex())
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args))
@@ -208,58 +367,58 @@ class RedisStore:
         return self.client
 
     # -- definitions ------------------------------------------------------
-    def snapshot(self, names: Sequence[str]) -> tuple[int, dict[str, tuple[bytes | None, bytes | None]]]:
-        """Server time and (state, score) of each name."""
+    def snapshot(self, names: Sequence[str], full: bool = False) -> tuple[int, dict[str, Stored]]:
+        """Server time and what is stored for each name (with the definition itself when ``full``)."""
         k = self.keys
-        raw = self._call("snapshot", [k.due, k.state], names)
-        out = {}
-        for i, name in enumerate(names):
-            out[name] = (raw[1 + 2 * i] or None, raw[2 + 2 * i] or None)
-        return int(raw[0]), out
+        raw = self._call("snapshot", [k.due, k.state, k.defs, k.aside], ["full" if full else "hash", *names])
+        return int(raw[0]), {name: _stored(name, row, full) for name, row in zip(names, raw[1:], strict=True)}
+
+    def now(self) -> int:
+        """The server's clock, in ms."""
+        return self.snapshot([])[0]
+
+    def names(self) -> list[str]:
+        """Every entry name that has any record (a damaged entry too)."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hkeys(k.defs)
+        pipe.hkeys(k.state)
+        pipe.zrange(k.due, 0, -1)
+        found: set[str] = set()
+        for part in pipe.execute():
+            found.update(_s(n) for n in part)
+        return sorted(found)
+
+    def read(self, names: Iterable[str]) -> tuple[int, list[Stored]]:
+        """Server time and each entry in full, in chunks (for listing; not on the hot path)."""
+        names = list(names)
+        now, out = self.now(), list[Stored]()
+        for start in range(0, len(names), READ_CHUNK):
+            now, rows = self.snapshot(names[start : start + READ_CHUNK], full=True)
+            out.extend(rows.values())
+        return now, out
 
     def upsert(self, items: Sequence[UpsertItem]) -> list[bool]:
         k = self.keys
-        args: list[Any] = [len(items)]
+        args: list[Any] = [REPLY_TTL_MS, len(items)]
         for it in items:
             nxt = "" if it.next is None else str(it.next)
             expected = "-" if it.expected_version is None else str(it.expected_version)
             args += [it.name, expected, it.definition, it.definition_hash, it.schedule_hash, it.source, nxt, "1" if it.enabled else "0",
                      "" if it.runs is None else it.runs, "" if it.last is None else it.last]
-        result = self._call("upsert", [k.due, k.defs, k.state, k.static], args)
+        result = self._call("upsert", [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside], args)
         return [_s(r) == "ok" for r in result]
 
     def remove(self, names: Sequence[str]) -> int:
         k = self.keys
-        return int(self._call("remove", [k.due, k.defs, k.state, k.static, *(k.history(n) for n in names)], names))
+        keys = [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside, *(k.history(n) for n in names)]
+        return int(self._call("remove", keys, [REPLY_TTL_MS, *names]))
 
     def definitions(self, names: Sequence[str]) -> list[bytes | None]:
         if not names:
             return []
         values: list[Any] = self.client.hmget(self.keys.defs, list(names))
         return values
-
-    def read_all(self) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, int]]:
-        """Every definition, state and next tick (for listing; not on the hot path)."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(k.defs)
-        pipe.hgetall(k.state)
-        pipe.zrange(k.due, 0, -1, withscores=True)
-        defs, states, due = pipe.execute()
-        return (
-            {_s(n): v for n, v in defs.items()},
-            {_s(n): v for n, v in states.items()},
-            {_s(n): int(s) for n, s in due},
-        )
-
-    def read_one(self, name: str) -> tuple[bytes | None, bytes | None, int | None]:
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(k.defs, name)
-        pipe.hget(k.state, name)
-        pipe.zscore(k.due, name)
-        d, s, score = pipe.execute()
-        return d, s, None if score is None else int(score)
 
     # -- the beat loop ----------------------------------------------------
     def peek(
@@ -274,14 +433,16 @@ class RedisStore:
     ) -> Peek:
         """With ``confirm`` (a lease may have expired), WAIT for the re-leases of reaped ticks."""
         k = self.keys
-        keys = [k.due, k.state, k.inflight, k.flight, k.instances, k.meta, k.instinfo, k.inststats, *self._history_keys(acks)]
-        args: list[Any] = [instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), HISTORY_LENGTH, len(acks), *_flat(acks)]
+        keys = [self._reply_key(), k.due, k.state, k.inflight, k.flight, k.holder, k.instances, k.meta, k.instinfo, k.inststats,
+                *self._history_keys(acks)]
+        args: list[Any] = [REPLY_TTL_MS, instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), HISTORY_LENGTH,
+                           len(acks), *_flat(acks)]
         raw, confirmed = self._durable("peek", keys, args, confirm)
         pos = 7
         due = []
         for _ in range(int(raw[6])):
-            due.append(Due(_s(raw[pos]), raw[pos + 1], raw[pos + 2] or None))
-            pos += 3
+            due.append(Due(_s(raw[pos]), raw[pos + 1], int(raw[pos + 2]), int(raw[pos + 3]), _s(raw[pos + 4])))
+            pos += 5
         reaped = []
         for _ in range(int(raw[pos])):
             reaped.append(Reaped(_s(raw[pos + 1]), raw[pos + 2] or None))
@@ -299,37 +460,47 @@ class RedisStore:
         )
 
     def _history_keys(self, acks: Sequence[Ack]) -> list[str]:
-        return [self.keys.history(a.member.split(":", 1)[1]) for a in acks]
+        return [self.keys.history(a.member.partition(":")[2]) for a in acks]
 
-    def claim(self, items: Sequence[ClaimItem], lease_ms: int) -> tuple[int, list[bool], bool]:
-        """Server time, which entries were won, and whether the claims reached wait_replicas replicas."""
+    def claim(self, items: Sequence[ClaimItem], lease_ms: int, instance: str = "") -> tuple[int, list[Claimed], bool]:
+        """Server time, what became of each entry, and whether the claims reached wait_replicas replicas."""
         k = self.keys
-        args: list[Any] = [lease_ms, len(items)]
+        args: list[Any] = [REPLY_TTL_MS, instance, lease_ms, len(items)]
         for it in items:
-            nxt = "park" if it.park else ("" if it.next is None else str(it.next))
-            ver = "" if it.version is None else str(it.version)
-            args += [it.name, it.score, ver, nxt, len(it.ticks), *it.ticks]
-        raw, confirmed = self._durable("claim", [k.due, k.state, k.defs, k.inflight, k.flight], args)
-        return int(raw[0]), [bool(int(x)) for x in raw[1:]], bool(confirmed)
+            mode = it.mode or ("" if it.next is None else str(it.next))
+            args += [it.name, it.score, it.version, mode, it.reason, len(it.ticks), *it.ticks]
+        keys = [self._reply_key(), k.due, k.state, k.defs, k.inflight, k.flight, k.holder, k.aside]
+        raw, confirmed = self._durable("claim", keys, args)
+        codes = [Claimed(x) if isinstance(x, int) else Claimed(ASIDE, _s(x)) for x in raw[1:]]
+        return int(raw[0]), codes, bool(confirmed)
 
     def ack(self, acks: Sequence[Ack], instance: str = "") -> None:
         """Forget published ticks and append them to their entries' histories."""
         if acks:
             k = self.keys
-            keys = [k.inflight, k.flight, k.inststats, *self._history_keys(acks)]
-            self._durable("ack", keys, ["ack", instance, HISTORY_LENGTH, len(acks), *_flat(acks)])
+            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state, *self._history_keys(acks)]
+            self._durable("ack", keys, [REPLY_TTL_MS, "ack", instance, HISTORY_LENGTH, len(acks), *_flat(acks)])
 
-    def release(self, members: Sequence[str]) -> None:
-        """Make unpublished claims due for reaping now (a clean shutdown)."""
+    def release(self, members: Sequence[str], instance: str) -> None:
+        """Make the unpublished claims ``instance`` still holds due for reaping now (a clean shutdown)."""
         if members:
             k = self.keys
-            self._call("ack", [k.inflight, k.flight, k.inststats], ["release", "", HISTORY_LENGTH, len(members), *members])
+            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state]
+            self._call("ack", keys, [REPLY_TTL_MS, "release", instance, HISTORY_LENGTH, len(members), *members])
 
-    def trigger(self, name: str, version: int, step_ms: int, anchor_ms: int, lease_ms: int) -> int | None:
-        """Claim an unscheduled run of ``name`` now; None if the entry changed meanwhile."""
+    def trigger(self, name: str, request_id: str, caller: str, version: int, step_ms: int, anchor_ms: int, lease_ms: int) -> Triggered:
+        """Claim an unscheduled run of ``name`` now, once per ``request_id``."""
         k = self.keys
-        tick = self._call("trigger", [k.due, k.state, k.defs, k.inflight, k.flight], [name, version, step_ms, anchor_ms, lease_ms])
-        return None if tick is None else int(tick)
+        keys = [k.request(name, request_id), k.due, k.state, k.defs, k.inflight, k.flight, k.holder]
+        raw = self._call("trigger", keys, [REQUEST_TTL_MS, caller, name, version, step_ms, anchor_ms, lease_ms, "claim"])
+        tick, outcome = (list(raw) + [None, None])[:2]
+        return Triggered(None if tick is None else int(tick), _s(outcome))
+
+    def cancel_trigger(self, name: str, request_id: str, caller: str) -> None:
+        """Withdraw a claimed trigger whose publish failed; a retry of the request publishes the same tick."""
+        k = self.keys
+        keys = [k.request(name, request_id), k.due, k.state, k.defs, k.inflight, k.flight, k.holder]
+        self._call("trigger", keys, [REQUEST_TTL_MS, caller, name, 0, 1, 0, 0, "cancel"])
 
     def history(self, name: str, limit: int) -> list[bytes]:
         rows: list[Any] = self.client.lrange(self.keys.history(name), 0, max(0, limit - 1))
@@ -342,26 +513,45 @@ class RedisStore:
         return int(now), _s(stored)
 
     def prune(self, leaving: str = "") -> list[str]:
+        """Drop expired instances (and ``leaving``), then static entries no live instance declares."""
         k = self.keys
-        removed = [_s(n) for n in self._call("prune", [k.instances, k.instinfo, k.static, k.due, k.defs, k.state], [leaving])]
-        if removed:  # their names were only known inside the script
-            self.client.delete(*(k.history(n) for n in removed))
-        return removed
+        now = self.now()  # a script, not TIME: a Cluster pipeline refuses keyless commands
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(k.instances, 0, -1, withscores=True)
+        pipe.smembers(k.static)
+        members, static = pipe.execute()
+        live = [_s(i) for i, deadline in members if deadline > now and _s(i) != leaving]
+        candidates: list[str] = []
+        if live and static:
+            declared: set[str] = set()
+            for raw in self.client.hmget(k.instinfo, live):
+                try:
+                    names = json.loads(raw)["static"] if raw else None
+                except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+                    names = None
+                if not isinstance(names, list):
+                    declared = {_s(n) for n in static}  # unreadable: remove nothing (the script agrees)
+                    break
+                declared.update(str(n) for n in names)
+            candidates = sorted({_s(n) for n in static} - declared)
+        keys = [self._reply_key(), k.instances, k.instinfo, k.inststats, k.static, k.due, k.defs, k.state, k.aside,
+                *(k.history(n) for n in candidates)]
+        return [_s(n) for n in self._call("prune", keys, [REPLY_TTL_MS, leaving, *candidates])]
 
     def instances(self) -> tuple[int, list[tuple[str, int, bytes | None, int]]]:
         """Server time and each registered instance: (id, heartbeat deadline, info JSON, ticks published)."""
         k = self.keys
+        now = self.now()
         pipe = self.client.pipeline(transaction=False)
-        pipe.time()
         pipe.zrange(k.instances, 0, -1, withscores=True)
         pipe.hgetall(k.instinfo)
         pipe.hgetall(k.inststats)
         results: list[Any] = pipe.execute()
-        (sec, usec), members, raw_infos, raw_stats = results
+        members, raw_infos, raw_stats = results
         infos = {_s(i): v for i, v in raw_infos.items()}
         stats = {_s(i): int(v) for i, v in raw_stats.items()}
         rows = [(_s(i), int(score), infos.get(_s(i)), stats.get(_s(i), 0)) for i, score in members]
-        return int(sec) * 1000 + int(usec) // 1000, rows
+        return now, rows
 
     def inflight(self) -> list[tuple[str, int]]:
         """Every claimed, unacknowledged tick with its lease deadline."""

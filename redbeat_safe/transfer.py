@@ -39,23 +39,29 @@ class Report:
 
 
 def export(store: RedisStore) -> dict[str, Any]:
-    """Every readable entry: its definition exactly as stored, and where it stands."""
-    defs, states, due = store.read_all()
+    """Every readable entry: its definition exactly as stored, and where it stands.
+
+    A damaged entry (``Schedules.list`` shows which and why) is left out.
+    """
+    now, rows = store.read(store.names())
     entries = []
-    for name in sorted(defs):
-        st = registry.parse_state(states.get(name))
-        if st is None:
+    for row in rows:
+        st = row.state
+        if st is None or row.definition is None or row.stored_hash != st.definition_hash:
+            continue
+        try:
+            definition = json.loads(row.definition)
+        except (ValueError, UnicodeDecodeError):
             continue
         entries.append({
-            "name": name,
-            "definition": json.loads(defs[name]),
+            "name": row.name,
+            "definition": definition,
             "enabled": st.enabled,
             "source": st.source,
-            "next_tick_ms": due.get(name, st.hold),
+            "next_tick_ms": row.score if row.score is not None else st.hold,
             "last_tick_ms": st.last,
             "runs": st.runs,
         })
-    now, _ = store.snapshot([])
     return {"format": FORMAT, "version": VERSION, "prefix": store.keys.prefix, "exported_at_ms": now, "entries": entries}
 
 
@@ -143,7 +149,7 @@ def _redbeat_entry(raw_def: Any, raw_meta: Any, tz: str, now_ms: int) -> tuple[E
 def import_redbeat(store: RedisStore, source: redis.Redis, prefix: str, tz: str, dry_run: bool = False) -> Report:
     """Create entries equivalent to celery-redbeat's (its ``<prefix>:schedule`` zset and entry hashes)."""
     keys: list[Any] = source.zrange(prefix + ":schedule", 0, -1)
-    now, _ = store.snapshot([])
+    now = store.now()
     entries, restore, report = [], {}, Report()
     for key in keys:
         label = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)

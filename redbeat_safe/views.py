@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import registry
 from .definitions import DefinitionError, EntryDef
 from .schedules import Schedule, ms_to_datetime
+from .store import Stored
 
 KINDS = {"s": "scheduled", "r": "republished", "t": "triggered", "x": "refused"}
 
@@ -24,32 +24,34 @@ def _iso(d: datetime | None) -> str | None:
 
 @dataclass
 class Entry:
-    """One stored entry."""
+    """One stored entry. A damaged one is listed too, with ``problem`` saying what
+    is wrong; its unreadable parts are None (task, schedule) or empty."""
 
     name: str
-    task: str
-    schedule: Schedule
+    task: str | None
+    schedule: Schedule | None
     args: list[Any]
     kwargs: dict[str, Any]
     options: dict[str, Any]
     enabled: bool
-    next_tick: datetime | None  #: None when paused or finished
+    next_tick: datetime | None  #: None when paused, finished or set aside
     last_tick: datetime | None
     total_runs: int
-    source: str  #: "static" (a beat_schedule) or "api"
+    source: str  #: "static" (a beat_schedule) or "api"; "?" when its state is unreadable
     created_at: datetime | None
     updated_at: datetime | None  #: when the definition or the enabled flag last changed
+    problem: str | None = None  #: what is wrong with its records (beats skip it until it is repaired); None when healthy
 
     @property
     def finished(self) -> bool:
-        return self.enabled and self.next_tick is None
+        return self.enabled and self.next_tick is None and self.problem is None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "task": self.task,
-            "schedule": self.schedule.human(),
-            "schedule_spec": self.schedule.to_json(),
+            "schedule": None if self.schedule is None else self.schedule.human(),
+            "schedule_spec": None if self.schedule is None else self.schedule.to_json(),
             "args": self.args,
             "kwargs": self.kwargs,
             "options": self.options,
@@ -61,32 +63,37 @@ class Entry:
             "source": self.source,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
+            "problem": self.problem,
         }
 
 
-def entry_from_records(name: str, raw_def: bytes | None, raw_state: bytes | None, score: int | None) -> Entry | None:
-    """An Entry from its stored records; None when either is missing or unreadable."""
-    st = registry.parse_state(raw_state)
-    if raw_def is None or st is None:
+def entry_from_stored(stored: Stored) -> Entry | None:
+    """An Entry from what is stored for its name (damaged or not); None when nothing is."""
+    if not stored.exists:
         return None
-    try:
-        d = EntryDef.from_json(name, raw_def)
-    except DefinitionError:
-        return None
+    problem = stored.problem
+    d = None
+    if stored.definition is not None:
+        try:
+            d = EntryDef.from_json(stored.name, stored.definition)
+        except DefinitionError as exc:
+            problem = problem or f"its definition cannot be read: {exc}"
+    st = stored.state
     return Entry(
-        name=name,
-        task=d.task,
-        schedule=d.schedule,
-        args=d.args,
-        kwargs=d.kwargs,
-        options=d.options,
-        enabled=st.enabled,
-        next_tick=_dt(score),
-        last_tick=_dt(st.last),
-        total_runs=st.runs,
-        source=st.source,
-        created_at=_dt(st.created_ms),
-        updated_at=_dt(st.updated_ms),
+        name=stored.name,
+        task=None if d is None else d.task,
+        schedule=None if d is None else d.schedule,
+        args=[] if d is None else d.args,
+        kwargs={} if d is None else d.kwargs,
+        options={} if d is None else d.options,
+        enabled=False if st is None else st.enabled,
+        next_tick=_dt(stored.score),
+        last_tick=None if st is None else _dt(st.last),
+        total_runs=0 if st is None else st.runs,
+        source="?" if st is None else st.source,
+        created_at=None if st is None else _dt(st.created_ms),
+        updated_at=None if st is None else _dt(st.updated_ms),
+        problem=problem,
     )
 
 

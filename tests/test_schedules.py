@@ -153,9 +153,13 @@ def test_slightly_late_ticks_all_fire_under_every_policy() -> None:
         assert p.next == T0 + 4 * SEC
 
 
-def test_downtime_coalesce_fires_once_for_the_latest_tick() -> None:
+def test_downtime_coalesce_collapses_the_missed_ticks_into_one_run() -> None:
+    # on-time ticks follow the missed ones: they are that run
     p = plan(every(10), T0, T0 + 3600 * SEC + 5, 0, policy="coalesce", grace_ms=11 * SEC)
-    assert p.fire == [T0 + 3600 * SEC] and p.next == T0 + 3610 * SEC and p.missed
+    assert p.fire == [T0 + 3590 * SEC, T0 + 3600 * SEC] and p.next == T0 + 3610 * SEC and p.missed == 359 and p.dropped == 359
+    # none on time: the latest missed tick runs, once
+    p = plan(every(10), T0, T0 + 3605 * SEC, 0, policy="coalesce", grace_ms=2 * SEC)
+    assert p.fire == [T0 + 3600 * SEC] and p.next == T0 + 3610 * SEC and p.missed == 361 and p.dropped == 360
 
 
 def test_downtime_skip_drops_missed_keeps_on_time() -> None:
@@ -198,7 +202,7 @@ def test_pattern_coalesce_after_a_year_finds_the_latest_tick_quickly() -> None:
     p = pattern("*/1 * * * * *", tz="Europe/Berlin")
     due = T0
     now = T0 + 365 * 86400 * SEC + 500
-    out = plan(p, due, now, 0, policy="coalesce", grace_ms=11 * SEC)
+    out = plan(p, due, now, 0, policy="coalesce", grace_ms=0)
     assert out.fire == [now - 500] and out.next == now + 500
 
 
@@ -218,8 +222,11 @@ def test_plan_invariants(interval: int, lateness: int, policy: str, grace: int) 
     assert p.next is not None and (not p.fire or p.next > p.fire[-1]) and (p.next - T0) % interval == 0
     if len(p.fire) < MAX_TICKS_PER_CLAIM:
         assert p.next > T0 + lateness  # nothing due is left behind
-    if policy == "coalesce" and p.missed:
-        assert len(p.fire) == 1
+    on_time = [t for t in p.fire if t >= T0 + lateness - grace]
+    if policy == "coalesce":  # missed ticks collapse into the on-time ones, else into one run
+        assert p.kept == 0 or (p.kept == 1 and len(p.fire) == 1 and not on_time)
+    if policy == "skip":
+        assert p.fire == on_time and p.kept == 0
 
 
 def test_every_and_pattern_also_work_under_celerys_default_scheduler(tmp_path: Path) -> None:

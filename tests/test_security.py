@@ -20,15 +20,22 @@ from redbeat_safe import every, pattern
 #: the script commands and, because Redis 7 checks scripts against the caller's
 #: ACL, every command the Lua scripts run.
 BEAT_COMMANDS = (
-    "+evalsha +script|load +ping +hmget +del "
+    "+evalsha +script|load +ping +hmget +del +get +set "
     "+time +hget +hset +hdel +hexists +hsetnx +hincrby +zadd +zrem +zscore +zrange +zrangebyscore +zcount "
-    "+sadd +srem +smembers +lpush +ltrim"
+    "+sadd +srem +smembers +sismember +lpush +ltrim"
 )
-#: An operator (`celery schedules ...`) also reads whole hashes and histories.
-OPERATOR_COMMANDS = BEAT_COMMANDS + " +hgetall +lrange"
+#: An operator (`celery schedules ...`) also reads whole hashes, their names and histories.
+OPERATOR_COMMANDS = BEAT_COMMANDS + " +hgetall +hkeys +lrange"
 
 SCHEDULE = {"e1": {"every": 1}, "p1": {"pattern": "*/1 * * * * *"}}
 SCHEDULES = {"e1": every(1), "p1": pattern("*/1 * * * * *", tz="UTC")}
+
+
+def test_the_documented_acl_is_the_tested_one() -> None:
+    doc = (ROOT / "docs" / "redis-topologies.md").read_text()
+    block = doc.split("ACL SETUSER beat", 1)[1].split("```", 1)[0]
+    assert sorted(block.replace("\\", " ").split()[5:]) == sorted(BEAT_COMMANDS.split())
+    assert "same plus `+hgetall +hkeys +lrange`" in doc and OPERATOR_COMMANDS.endswith("+hgetall +hkeys +lrange")
 
 
 def acl_args(prefix: str) -> list[str]:

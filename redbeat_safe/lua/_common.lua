@@ -7,29 +7,123 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A state record is JSON written by these scripts; anything else (planted or
--- truncated by hand) decodes to nil so the caller can skip that entry alone.
+-- Numbers are doubles in Lua: integers are exact up to 2^53 (ticks reach 2.5e14).
+local MAX_INT = 9007199254740991
+
+local function is_int(v, low)
+  return type(v) == 'number' and v == math.floor(v) and v >= low and v <= MAX_INT
+end
+
+-- An integer as JSON, exactly: cjson would round it to 14 significant digits.
+local function int_json(v)
+  return string.format('%.0f', v)
+end
+
+-- THE definition of a valid state record (docs/redis-layout.md, "The state
+-- record"). Python never parses one: each script hands it the fields checked
+-- here, so the two sides cannot read a record differently. Anything else
+-- (planted, truncated, edited by hand) is reported so that entry alone can be
+-- set aside. Returns the state, or nil and what is wrong with it.
 local function load_state(raw)
-  if not raw then return nil end
+  if not raw then return nil, 'its state record is missing' end
   local ok, st = pcall(cjson.decode, raw)
-  if not ok or type(st) ~= 'table' or type(st.ver) ~= 'number' then return nil end
+  if not ok or type(st) ~= 'table' then return nil, 'its state record is not a JSON object' end
+  for _, f in ipairs({'ver', 'runs', 'ctime', 'mtime'}) do
+    if not is_int(st[f], 0) then return nil, 'its state field "' .. f .. '" is not a whole number >= 0' end
+  end
+  if st.trig == nil then st.trig = -1 end
+  for _, f in ipairs({'last', 'hold', 'trig'}) do
+    if not is_int(st[f], -1) then return nil, 'its state field "' .. f .. '" is not a tick (whole ms) or -1' end
+  end
+  if type(st.enabled) ~= 'boolean' or type(st.done) ~= 'boolean' then
+    return nil, 'its state fields "enabled" and "done" must be true or false'
+  end
+  if type(st.dh) ~= 'string' or type(st.sh) ~= 'string' or #st.dh > 64 or #st.sh > 64 then
+    return nil, 'its state fields "dh" and "sh" must be short strings'
+  end
+  if st.src ~= 'static' and st.src ~= 'api' then return nil, 'its state field "src" must be "static" or "api"' end
   return st
 end
 
--- Acknowledge published in-flight ticks and append them to their entry's
--- bounded history. acks: flat {member, task id, kind} triples starting at
--- ARGV[first]; history keys: KEYS[hfirst ...] in the same order.
--- kind: 's' scheduled, 'r' re-published by the reaper, 't' triggered by hand.
-local function ack_all(inflight, flight, stats, instance, now, first, count, hfirst, keep)
-  for i = 0, count - 1 do
-    local m = ARGV[first + i * 3]
-    redis.call('ZREM', inflight, m)
-    redis.call('HDEL', flight, m)
-    local sep = string.find(m, ':', 1, true)
-    local record = cjson.encode({tick = tonumber(string.sub(m, 1, sep - 1)), id = ARGV[first + i * 3 + 1],
-      kind = ARGV[first + i * 3 + 2], by = instance, at = now})
-    redis.call('LPUSH', KEYS[hfirst + i], record)
-    redis.call('LTRIM', KEYS[hfirst + i], 0, keep - 1)
+-- The writer of state records; integers written exactly.
+local function encode_state(st)
+  return '{"ver":' .. int_json(st.ver) .. ',"runs":' .. int_json(st.runs) .. ',"last":' .. int_json(st.last)
+    .. ',"hold":' .. int_json(st.hold) .. ',"trig":' .. int_json(st.trig) .. ',"enabled":' .. tostring(st.enabled)
+    .. ',"done":' .. tostring(st.done) .. ',"dh":' .. cjson.encode(st.dh) .. ',"sh":' .. cjson.encode(st.sh)
+    .. ',"src":' .. cjson.encode(st.src) .. ',"ctime":' .. int_json(st.ctime) .. ',"mtime":' .. int_json(st.mtime) .. '}'
+end
+
+-- What Python reads of a state: the checked fields, in this order (store.State).
+local function state_fields(st)
+  return {st.ver, st.runs, st.last, st.hold, st.trig, st.enabled and 1 or 0, st.done and 1 or 0,
+          st.dh, st.sh, st.src, st.ctime, st.mtime}
+end
+
+-- Whether a stored definition is the one the state was written with (the
+-- state keeps the first 16 hex digits of its SHA-1): a definition deleted,
+-- garbled or changed by hand does not match, and its entry is set aside.
+local function def_matches(def, st)
+  return def ~= false and def ~= nil and string.sub(redis.sha1hex(def), 1, 16) == st.dh
+end
+
+-- "<tick>:<entry>", the in-flight member of a claimed tick; nil for anything else.
+local function split_member(m)
+  local sep = string.find(m, ':', 1, true)
+  if not sep or sep == 1 or sep == #m then return nil end
+  local digits = string.sub(m, 1, sep - 1)
+  if not string.match(digits, '^%d+$') or #digits > 15 then return nil end
+  return tonumber(digits), string.sub(m, sep + 1)
+end
+
+-- Replies. Every script that writes takes KEYS[1], a key unique to this call.
+-- A call that reaches Redis twice (its reply was lost, redis-py reconnected and
+-- sent it again) finds there the answer of its first run and returns it,
+-- writing nothing more. The record expires after ARGV[1] ms, far longer than
+-- any client's retry of the same command.
+local function replay()
+  local r = redis.call('GET', KEYS[1])
+  if r then return cmsgpack.unpack(r) end
+  return nil
+end
+
+local function remember(reply)
+  redis.call('SET', KEYS[1], cmsgpack.pack(reply), 'PX', tonumber(ARGV[1]))
+  return reply
+end
+
+-- A history list of the wrong type (planted) is replaced, not an error that
+-- would abort the acknowledgement of every other entry's ticks.
+local function push_history(key, record, keep)
+  local r = redis.pcall('LPUSH', key, record)
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', key)
+    redis.call('LPUSH', key, record)
   end
-  if count > 0 and instance ~= '' then redis.call('HINCRBY', stats, instance, count) end
+  redis.call('LTRIM', key, 0, keep - 1)
+end
+
+-- Acknowledge published in-flight ticks and append them to their entries'
+-- bounded histories. acks: flat {member, task id, kind} triples starting at
+-- ARGV[first]; history keys: KEYS[hfirst ...] in the same order; ix: where in
+-- KEYS the in-flight, flight, holder, inststats, instances and state keys are.
+-- kind: 's' scheduled, 'r' re-published by the reaper, 't' triggered by hand,
+-- 'x' not sent (the task refused it). A removed entry gets no history back,
+-- and only registered instances are counted, so neither record outlives its owner.
+local function ack_all(ix, instance, now, first, count, hfirst, keep)
+  local sent = 0
+  for i = 0, count - 1 do
+    local m, id, kind = ARGV[first + i * 3], ARGV[first + i * 3 + 1], ARGV[first + i * 3 + 2]
+    redis.call('ZREM', KEYS[ix.inflight], m)
+    redis.call('HDEL', KEYS[ix.flight], m)
+    redis.call('HDEL', KEYS[ix.holder], m)
+    local tick, name = split_member(m)
+    if tick and redis.call('HEXISTS', KEYS[ix.state], name) == 1 then
+      push_history(KEYS[hfirst + i], '{"tick":' .. int_json(tick) .. ',"id":' .. cjson.encode(id) .. ',"kind":'
+        .. cjson.encode(kind) .. ',"by":' .. cjson.encode(instance) .. ',"at":' .. int_json(now) .. '}', keep)
+    end
+    if kind ~= 'x' then sent = sent + 1 end
+  end
+  if sent > 0 and instance ~= '' and redis.call('ZSCORE', KEYS[ix.instances], instance) then
+    redis.call('HINCRBY', KEYS[ix.stats], instance, sent)
+  end
 end

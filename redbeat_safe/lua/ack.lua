@@ -1,12 +1,24 @@
 -- Acknowledge published in-flight ticks (see ack_all), or release unpublished
 -- ones so that any instance re-publishes them at once (a clean shutdown).
--- KEYS: inflight, flight, inststats, then one history key per acknowledgement
--- ARGV: mode ('ack' | 'release'), instance id, history length, count n, then
---       n {member, task id, kind} triples ('ack') or n members ('release')
-local n = tonumber(ARGV[4])
-if ARGV[1] == 'ack' then
-  ack_all(KEYS[1], KEYS[2], KEYS[3], ARGV[2], now_ms(), 5, n, 4, tonumber(ARGV[3]))
+-- KEYS: reply, inflight, flight, holder, inststats, instances, state, then one
+--       history key per acknowledgement
+-- ARGV: reply ttl ms, mode ('ack' | 'release'), instance id, history length,
+--       count n, then n {member, task id, kind} triples ('ack') or n members ('release')
+-- Returns: n
+--
+-- A release hands back only the ticks this instance still holds: one whose
+-- lease ran out may be another instance's by now, and releasing it would make
+-- a third instance publish it again.
+-- Run twice (a lost reply), the second run changes nothing and returns n again.
+local r = replay()
+if r then return r[1] end
+local n = tonumber(ARGV[5])
+if ARGV[2] == 'ack' then
+  ack_all({inflight = 2, flight = 3, holder = 4, stats = 5, instances = 6, state = 7}, ARGV[3], now_ms(), 6, n, 8, tonumber(ARGV[4]))
 else
-  for i = 5, 4 + n do redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[i]) end
+  for i = 6, 5 + n do
+    if redis.call('HGET', KEYS[4], ARGV[i]) == ARGV[3] then redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[i]) end
+  end
 end
+remember({n})
 return n

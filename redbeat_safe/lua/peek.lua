@@ -1,42 +1,66 @@
 -- One read per beat loop: acknowledge what was published, heartbeat, re-lease
 -- expired in-flight ticks to this instance (the reaper), and list due entries.
--- KEYS: due, state, inflight, flight, instances, meta, instinfo, inststats,
---       then one history key per acknowledgement
--- ARGV: instance id, heartbeat ttl ms, lease ms, max due, max reaped,
+-- KEYS: reply, due, state, inflight, flight, holder, instances, meta, instinfo,
+--       inststats, then one history key per acknowledgement
+-- ARGV: reply ttl ms, instance id, heartbeat ttl ms, lease ms, max due, max reaped,
 --       window (0..1, spreads instances over a long due list), history length,
 --       ack count n, then n {member, task id, kind} triples
 -- Returns: {now, epoch, dead instances?, registered?, next future tick, next lease deadline,
---           #due, name, score, state, ..., #reaped, member, definition, ...}
+--           #due, name, score, version (-1: unreadable), runs, definition hash or what is wrong, ...,
+--           #reaped, member, definition (false if missing), ...}
+--
+-- Run twice (a lost reply): the first run's acknowledgements and re-leases are
+-- recorded in KEYS[1]; the second run applies neither again and hands back the
+-- same re-leased ticks, which are leased to this instance, so they are not lost
+-- for a lease. Everything else it returns is a fresh read, as one later call's.
 local now = now_ms()
-local lease, max_due, max_reap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-ack_all(KEYS[3], KEYS[4], KEYS[8], ARGV[1], now, 9, tonumber(ARGV[8]), 9, tonumber(ARGV[7]))
-redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), ARGV[1])
-local dead = #redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1)
+local instance, lease, max_due, max_reap = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local reaped = replay()
+if not reaped then
+  local acks = tonumber(ARGV[9])
+  ack_all({inflight = 4, flight = 5, holder = 6, stats = 10, instances = 7, state = 3}, instance, now, 10, acks, 11, tonumber(ARGV[8]))
+  reaped = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, max_reap)
+  for i = 1, #reaped do
+    redis.call('ZADD', KEYS[4], now + lease, reaped[i])
+    redis.call('HSET', KEYS[6], reaped[i], instance)
+  end
+  if acks > 0 or #reaped > 0 then remember(reaped) end
+end
+redis.call('ZADD', KEYS[7], now + tonumber(ARGV[3]), instance)
+local dead = #redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 1)
 
-local out = {now, redis.call('HGET', KEYS[6], 'epoch') or '', dead, redis.call('HEXISTS', KEYS[7], ARGV[1])}
-local future = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local out = {now, redis.call('HGET', KEYS[8], 'epoch') or '', dead, redis.call('HEXISTS', KEYS[9], instance)}
+local future = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 out[#out + 1] = future[2] or ''
-local reap = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, max_reap)
-local leased = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local leased = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 out[#out + 1] = leased[2] or ''
 
-local count = redis.call('ZCOUNT', KEYS[1], '-inf', now)
+local count = redis.call('ZCOUNT', KEYS[2], '-inf', now)
 local offset = 0
-if count > max_due then offset = math.floor(tonumber(ARGV[6]) * (count - max_due + 1)) end
+if count > max_due then offset = math.floor(tonumber(ARGV[7]) * (count - max_due + 1)) end
 local due = {}
 -- by rank, so only as many as are due: the members after them are in the future
-if count > 0 then due = redis.call('ZRANGE', KEYS[1], offset, offset + math.min(max_due, count) - 1, 'WITHSCORES') end
+if count > 0 then due = redis.call('ZRANGE', KEYS[2], offset, offset + math.min(max_due, count) - 1, 'WITHSCORES') end
 out[#out + 1] = #due / 2
 for i = 1, #due, 2 do
+  local st, problem = load_state(redis.call('HGET', KEYS[3], due[i]))
+  if st and not is_int(tonumber(due[i + 1]), 0) then st, problem = nil, 'its next tick ' .. due[i + 1] .. ' is not whole ms' end
   out[#out + 1] = due[i]
   out[#out + 1] = due[i + 1]
-  out[#out + 1] = redis.call('HGET', KEYS[2], due[i])
+  if st then
+    out[#out + 1] = st.ver
+    out[#out + 1] = st.runs
+    out[#out + 1] = st.dh
+  else
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+    out[#out + 1] = problem
+  end
 end
 
-out[#out + 1] = #reap
-for i = 1, #reap do
-  redis.call('ZADD', KEYS[3], now + lease, reap[i])
-  out[#out + 1] = reap[i]
-  out[#out + 1] = redis.call('HGET', KEYS[4], reap[i])
+out[#out + 1] = #reaped
+for i = 1, #reaped do
+  out[#out + 1] = reaped[i]
+  out[#out + 1] = redis.call('HGET', KEYS[5], reaped[i])
 end
 return out

@@ -1,21 +1,28 @@
 -- Create or change entries, each as a compare-and-set on its definition version.
--- KEYS: due, defs, state, static
--- ARGV: count, then per entry 10 values:
---   name, expected version ('-' = must not exist, '!' = its state is corrupt),
---   definition JSON, definition
---   hash, schedule hash, source ('static' | 'api'), next ('keep' = leave the
---   current next tick alone, '' = the entry has no future tick, else ms),
---   enabled ('1' | '0'), runs and last tick to start from when the entry is
---   created ('' = 0 and none; used by import to keep a history's phase)
+-- KEYS: reply, due, defs, state, static, aside
+-- ARGV: reply ttl ms, count, then per entry 10 values:
+--   name, expected version ('-' = must not exist, '!' = its state is not a
+--   valid record), definition JSON, definition hash, schedule hash, source
+--   ('static' | 'api'), next ('keep' = leave the current next tick alone, '' =
+--   the entry has no future tick, else ms), enabled ('1' | '0'), runs and last
+--   tick to start from when the entry is created ('' = 0 and none; used by
+--   import to keep a history's phase)
 -- Returns one status per entry: 'ok' or 'conflict' (re-read and try again).
+--
+-- A write also repairs: it replaces a damaged state or definition, a next tick
+-- that is not whole ms, and clears the entry's set-aside reason.
+-- Run twice (a lost reply), the second run returns the first run's statuses
+-- (a plain re-run would answer 'conflict' for what the first run wrote).
+local r = replay()
+if r then return r end
 local now = now_ms()
 local out = {}
-local n = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 for i = 0, n - 1 do
-  local b = 2 + i * 10
+  local b = 3 + i * 10
   local name, expected, def, dh, sh, src, nxt, enabled =
     ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7] == '1'
-  local raw = redis.call('HGET', KEYS[3], name)
+  local raw = redis.call('HGET', KEYS[4], name)
   local st = load_state(raw)
   local ok
   if expected == '-' then
@@ -23,13 +30,15 @@ for i = 0, n - 1 do
   elseif expected == '!' then  -- overwrite a record that is not valid state
     ok = (raw ~= false and st == nil)
   else
-    ok = (st ~= nil and tostring(st.ver) == expected)
+    ok = (st ~= nil and st.ver == tonumber(expected))
   end
-  local score = redis.call('ZSCORE', KEYS[1], name)
+  local score = redis.call('ZSCORE', KEYS[2], name)
+  if score and not is_int(tonumber(score), 0) then score = false end  -- damaged: replaced below
   if ok and st == nil then
-    redis.call('ZREM', KEYS[1], name)
+    redis.call('ZREM', KEYS[2], name)
     score = false
-    st = {ver = 0, runs = tonumber(ARGV[b + 8]) or 0, last = tonumber(ARGV[b + 9]) or -1, hold = -1, done = false, ctime = now}
+    st = {ver = 0, runs = tonumber(ARGV[b + 8]) or 0, last = tonumber(ARGV[b + 9]) or -1, hold = -1, trig = -1,
+          done = false, ctime = now}
   end
   if ok then
     -- what the next tick would be, before the enabled flag is applied
@@ -41,7 +50,8 @@ for i = 0, n - 1 do
       target = nil
     else
       target = tonumber(nxt)
-      -- never move back onto or before a tick that was already claimed
+      -- never move back onto or before a tick that was already claimed (the
+      -- caller computes targets after it; a claim in between is a conflict)
       if target <= st.last then ok = false end
     end
     if ok then
@@ -49,17 +59,18 @@ for i = 0, n - 1 do
       st.dh, st.sh, st.src, st.mtime, st.enabled = dh, sh, src, now, enabled
       st.done = (target == nil)
       if target ~= nil and enabled then
-        redis.call('ZADD', KEYS[1], target, name)
+        redis.call('ZADD', KEYS[2], target, name)
         st.hold = -1
       else
-        redis.call('ZREM', KEYS[1], name)
+        redis.call('ZREM', KEYS[2], name)
         st.hold = target or -1
       end
-      redis.call('HSET', KEYS[2], name, def)
-      redis.call('HSET', KEYS[3], name, cjson.encode(st))
-      if src == 'static' then redis.call('SADD', KEYS[4], name) else redis.call('SREM', KEYS[4], name) end
+      redis.call('HSET', KEYS[3], name, def)
+      redis.call('HSET', KEYS[4], name, encode_state(st))
+      redis.call('HDEL', KEYS[6], name)
+      if src == 'static' then redis.call('SADD', KEYS[5], name) else redis.call('SREM', KEYS[5], name) end
     end
   end
   out[#out + 1] = ok and 'ok' or 'conflict'
 end
-return out
+return remember(out)

@@ -28,6 +28,17 @@ class Fault:
 
 
 @dataclass
+class TriggerCall:
+    """One operator request to trigger an entry, retried with its request id until it returned."""
+
+    request_id: str
+    started_ms: int
+    task_id: str | None = None  #: what it returned; None if the run ended first
+    returned_ms: int | None = None
+    errors: list[str] = field(default_factory=list)  #: what the caller saw before it returned
+
+
+@dataclass
 class Verdict:
     figures: dict[str, int | str] = field(default_factory=dict)
     faults: Counter[str] = field(default_factory=Counter)
@@ -57,8 +68,12 @@ def check(
     loop_ms: int,
     final_state: dict[str, tuple[bool, int | None]],
     slack_ms: int = 3000,
+    triggers: list[TriggerCall] | None = None,
+    triggered: str = "",
+    replies_lost: int = 0,
 ) -> Verdict:
-    """``static``: name -> (schedule, first tick); ``final_state``: name -> (enabled and not done, next tick)."""
+    """``static``: name -> (schedule, first tick); ``final_state``: name -> (enabled and not done, next tick);
+    ``triggers``: the operator's trigger requests of entry ``triggered``, whose every message is a trigger."""
     v = Verdict(faults=Counter(f.kind for f in faults))
     bound = lease_ms + loop_ms + slack_ms
     by_key: dict[tuple[str, int], list[Record]] = defaultdict(list)
@@ -99,6 +114,20 @@ def check(
             stalled += 1
             v.violations.append(f"{name} is enabled but stalled (next tick {nxt})")
 
+    calls = triggers or []
+    runs = {r.task_id for r in records if r.entry == triggered}
+    returned = [c for c in calls if c.task_id is not None]
+    for c in returned:
+        if c.task_id not in runs:
+            v.violations.append(f"trigger request {c.request_id} returned {c.task_id}, which never ran")
+    twice = [c for c in returned if sum(1 for d in returned if d.task_id == c.task_id) > 1]
+    for c in twice:
+        v.violations.append(f"trigger request {c.request_id} returned the id of another request")
+    unreturned = len(calls) - len(returned)
+    strays = runs - {c.task_id for c in returned}
+    if len(strays) > unreturned:  # a run nobody asked for, or one request that ran twice under two ids
+        v.violations.append(f"{len(strays)} triggered runs match no returned request (only {unreturned} did not return)")
+
     v.figures.update({
         "entries checked (static)": len(static),
         "ticks expected (static)": expected,
@@ -111,5 +140,9 @@ def check(
         "stalled entries": stalled,
         "max lateness (ms)": late_max,
         "lateness bound (ms)": bound,
+        "script replies lost (all proxies)": replies_lost,
+        "trigger requests (returned)": f"{len(calls)} ({len(returned)})",
+        "trigger requests retried by the caller": sum(1 for c in calls if c.errors),
+        "triggered runs": len(runs),
     })
     return v
