@@ -9,9 +9,9 @@ The rules that keep registration idempotent and monotonic live here:
   continues the schedule from now (no burst of missed runs);
 * a damaged entry (records edited by hand, set aside by a beat) is rewritten:
   writing it again repairs it;
-* a new next tick is always after the entry's last claimed tick, even when
-  the server clock stepped back behind it (NTP, a failover to a replica
-  whose clock is behind): "now" is then the last claimed tick.
+* a new next tick is always after the entry's last claimed and last triggered
+  tick, even when the server clock stepped back behind them (NTP, a failover
+  to a replica whose clock is behind): "now" is then the later of those.
 
 Each write is a compare-and-set on the entry's version; a conflict means
 someone else changed it in between, so we re-read and decide again.
@@ -94,8 +94,9 @@ def _decide(
             nxt = entry.schedule.first_after(now) if restore.next is None else restore.next
             return "created", item(expected, nxt, restore.enabled if enabled is None else enabled, restore.runs, restore.last)
         return "created", item(expected, entry.schedule.first_after(now), True if enabled is None else enabled)
-    # never plan onto or before a claimed tick, whatever the server clock says
-    after = now if st.last is None else max(now, st.last)
+    # never plan onto or before a claimed or triggered tick, whatever the server clock says:
+    # after a step back, a new grid through "now" could land on one and reuse its task id
+    after = max(now, st.last or 0, st.trigger or 0)
     want = st.enabled if enabled is None else enabled
     resuming = want and not st.enabled
     damaged = stored.problem is not None

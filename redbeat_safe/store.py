@@ -35,6 +35,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import MovedError, NoScriptError
 
 from .connection import Client
+from .schedules import MAX_TICK_MS
 
 _SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune")
 #: Dispatches remembered per entry (its history list is trimmed to this).
@@ -121,7 +122,7 @@ def whole_ms(raw: Any) -> int | None:
         value = float(_s(raw))
     except ValueError:
         return None
-    return int(value) if value.is_integer() and 0 <= value <= 2**53 else None
+    return int(value) if value.is_integer() and 0 <= value <= MAX_TICK_MS + 999 else None
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ class Stored:
         if self.stored_hash != self.state.definition_hash:
             return "its definition does not match its state (edited by hand?)"
         if self.score_raw is not None and self.score is None:
-            return f"its next tick {_s(self.score_raw)!r} is not whole ms"
+            return f"its next tick {_s(self.score_raw)!r} is not whole ms up to year 9999"
         if self.state.enabled and not self.state.done and self.score_raw is None:
             return f"set aside by a beat: {self.aside}" if self.aside else "set aside by a beat"
         return None

@@ -15,7 +15,10 @@ KINDS = {"s": "scheduled", "r": "republished", "t": "triggered", "x": "refused"}
 
 
 def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else ms_to_datetime(ms)
+    try:
+        return None if ms is None else ms_to_datetime(ms)
+    except OverflowError:  # beyond year 9999: not a time a record may hold
+        return None
 
 
 def _iso(d: datetime | None) -> str | None:

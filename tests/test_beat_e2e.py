@@ -39,6 +39,7 @@ FOUR_SCHEDULES = {
 }
 
 
+@pytest.mark.slow
 def test_three_beats_kill_stop_and_late_start_every_tick_exactly_once(beats: BeatGroup) -> None:
     lease = {"BEAT_LEASE": "3"}
     a = beats.start(FOUR, "a", **lease)
@@ -84,6 +85,7 @@ def _hammer(url: str, prefix: str, seconds: float, churn: bool) -> None:
         s.upsert("churn", "beatapp.record", every(1))
 
 
+@pytest.mark.slow
 def test_bullmq_scenario_concurrent_upserts_never_stall_or_duplicate(beats: BeatGroup, redis_server: RedisServer) -> None:
     """8 processes upsert the same every-1 s entry in a tight loop while 2 beats run (bullmq #3262)."""
     beats.start({}, "a")
@@ -272,6 +274,7 @@ def test_sigterm_in_the_middle_of_busy_passes_never_crashes(beats: BeatGroup, re
     assert redis_server.client().zcard(Keys(beats.prefix).instances) == 0
 
 
+@pytest.mark.slow
 def test_rolling_sigterm_restarts_under_load_publish_every_tick_exactly_once(beats: BeatGroup) -> None:
     """A graceful stop lands mid-pass, mid-publish: the tick being published must be
     acknowledged, not handed back for another beat to publish again."""

@@ -10,6 +10,7 @@ from chaos.run import Config, run
 
 
 @pytest.mark.timeout(400)
+@pytest.mark.slow
 def test_a_short_chaos_run_keeps_every_guarantee(tmp_path: Path) -> None:
     lines: list[str] = []
     verdict = run(Config(seconds=75, seed=11, beats=3, lease=5.0), tmp_path, say=lines.append)

@@ -42,6 +42,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout) if result.stdout.lstrip().startswith(("{", "[")) else result.stdout
 
 
+@pytest.mark.slow
 def test_add_pause_resume_trigger_history_against_a_running_beat(beats: BeatGroup) -> None:
     beats.start({}, "a")
     created = ms()

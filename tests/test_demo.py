@@ -22,6 +22,7 @@ ENTRIES = {"heartbeat-1s", "report-2s", "cron-3s", "api-retimed", "api-removed",
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_the_demo_is_clean_with_a_beat_killed_restarted_and_the_schedule_changed(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the demo starts its own redis-server

@@ -174,3 +174,63 @@ def test_a_planted_record_is_skipped_with_one_log_line_while_the_rest_fire(
     assert client.zscore(k.due, name) is None  # set aside, not retried every pass
     api.upsert(name, "t", every(seconds=0.05))  # an upsert repairs it
     assert api.get(name) is not None
+
+
+# -- state records that one JSON reader would take and another would not ---------------
+
+#: Number spellings: Lua's cjson reads hex, leading zeros, "1." and inf/nan; Python's json
+#: refuses them or reads them as floats; both must reach the same verdict, Lua's.
+NUMBERS = ["1", "1.0", "1.5", "1e20", "1E2", "-0", "0x10", "007", "1.", "inf", "nan", "Infinity", "NaN", "-1",
+           "9007199254740991", "9007199254740993", "1e400", '"1"', "true", "null", "[]", "{}"]
+FIELDS = ("ver", "runs", "last", "hold", "trig", "ctime", "mtime", "enabled", "done", "dh", "sh", "src")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from(FIELDS), st.sampled_from(NUMBERS + ['"static"', '"api"', '"x"', "false"]),
+                               max_size=3))
+def test_a_state_record_either_reads_as_valid_and_fires_or_is_set_aside_once(
+    redis_server: RedisServer, changes: dict[str, str]
+) -> None:
+    """Planted after the engine cached the entry, with number spellings the two JSON
+    readers disagree on: the entry fires on (a record Lua reads as valid) or is set aside
+    with one log line; the other entry never stops; no pass raises or spins."""
+    prefix = f"spell{uuid.uuid4().hex[:8]}"
+    app = make_app(redis_server, prefix)
+    api = Schedules(app)
+    api.upsert("good", "t", every(seconds=0.05))
+    api.upsert("odd", "t", every(seconds=0.05))
+    client, k = redis_server.client(), Keys(prefix)
+    published: list[tuple[str, int]] = []
+    engine = Engine(RedisStore(client, prefix), Settings.from_app(app), lambda e, n, t: published.append((n, t)), max_interval=1.0)
+    engine.register()
+    for _ in range(2):
+        time.sleep(0.06)
+        engine.run_once()
+    raw = client.hget(k.state, "odd")
+    assert raw is not None
+    record = raw.decode()
+    for field, spelling in changes.items():  # splice the spelling in as raw JSON text
+        head, sep, tail = record.partition(f'"{field}":')
+        assert sep, field
+        value_end = next(i for i, ch in enumerate(tail) if ch in ",}")
+        record = head + sep + spelling + tail[value_end:]
+    client.hset(k.state, "odd", record)
+    before = len(published)
+    passes, start = 0, time.monotonic()
+    while time.monotonic() - start < 0.5:
+        passes += 1
+        time.sleep(min(engine.run_once(), 0.2))
+    good = [t for n, t in published[before:] if n == "good"]
+    assert len(good) >= 5 and all(b - a == 50 for a, b in zip(good, good[1:], strict=False)), good
+    assert passes < 40, f"{passes} passes in 0.5 s"
+    stored = api.get("odd")
+    assert stored is not None
+    odd = [t for n, t in published[before:] if n == "odd"]
+    if stored.problem is None:  # read as valid: it keeps firing on its grid
+        assert len(odd) >= 4 and all(b - a == 50 for a, b in zip(odd, odd[1:], strict=False)), (record, odd)
+    else:  # damaged: set aside, shown with its problem, and an upsert repairs it
+        assert len(odd) <= 1 and client.zscore(k.due, "odd") is None, (record, odd, stored.problem)
+        assert api.upsert("odd", "t", every(seconds=0.05)) in ("repaired", "created", "updated")
+        repaired = api.get("odd")
+        assert repaired is not None and repaired.problem is None
+    client.delete(*client.keys("{" + prefix + "}*"))

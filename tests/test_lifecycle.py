@@ -4,12 +4,14 @@ peek re-leased, state never only grows, and a clock step never blocks writes."""
 
 from __future__ import annotations
 
-from faults import Fleet, Sent, run_until_idle
+from faults import T0, Fleet, Sent, run_until_idle
 from harness import RedisServer
 from redbeat_safe import every, pattern, registry
 from redbeat_safe.definitions import build
+from redbeat_safe.dispatch import task_id_for
 from redbeat_safe.engine import PublishError
 from redbeat_safe.store import REPLY_TTL_MS
+from redbeat_safe.trigger import trigger
 
 
 def test_a_clean_stop_releases_only_the_claims_it_still_holds(redis_server: RedisServer, prefix: str) -> None:
@@ -135,3 +137,27 @@ def test_a_clock_step_back_never_blocks_registration_or_causes_a_repeat(redis_se
     for name in ("p", "e"):
         ticks = fleet.ticks(name)
         assert len(ticks) == len(set(ticks)) and ticks == sorted(ticks), (name, ticks)
+
+
+def test_a_schedule_changed_after_a_clock_step_back_never_lands_on_a_triggered_tick(redis_server: RedisServer, prefix: str) -> None:
+    """Found by the property test: a trigger's tick is off the old grid, but a new grid
+    computed from a "now" that stepped back behind it could pass through it (same task id)."""
+    fleet = Fleet(redis_server.client(), prefix)
+    api = fleet.store()
+    registry.upsert(api, [build("e", "t", every(3600), default_tz="UTC")], "api")
+    fleet.clock.advance(500)
+
+    def send(entry: object, name: str, tick: int) -> None:
+        fleet.sent.append(Sent(name, tick, task_id_for(prefix, name, tick), "api"))
+
+    trigger(api, "e", send, lease_ms=3000, caller="op")
+    assert fleet.ticks("e") == [T0 + 500]
+    fleet.clock.advance(-250)  # the clock steps back behind the triggered tick
+    assert registry.upsert(api, [build("e", "t", every(0.25), default_tz="UTC")], "api") == {"e": "updated"}
+    beat = fleet.engine("beat")
+    beat.register()
+    for _ in range(8):
+        fleet.clock.advance(250)
+        run_until_idle(beat)
+    ids = [s.task_id for s in fleet.sent]
+    assert len(ids) == len(set(ids)) and len(ids) > 4, fleet.ticks("e")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import redis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
@@ -478,11 +478,13 @@ class Protocol(RuleBasedStateMachine):
 
 
 @pytest.mark.timeout(1200)  # a failure shrinks for a while before it reports
+@pytest.mark.slow
 def test_protocol_invariants(redis_server: RedisServer) -> None:
     global SERVER
     SERVER = redis_server
     run_state_machine_as_test(Protocol, settings=settings(
         max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "150")), stateful_step_count=50, deadline=None,
+        phases=[p for p in Phase if p != Phase.shrink or "PROPERTY_NO_SHRINK" not in os.environ],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     ))
     print(f"\nproperty test: {dict(STATS)}")

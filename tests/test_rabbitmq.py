@@ -34,6 +34,7 @@ def ms() -> int:
     return int(time.time() * 1000)
 
 
+@pytest.mark.slow
 def test_two_beats_through_a_rabbitmq_crash_put_every_tick_in_the_queue_once(rabbit: RabbitMQ, beats: BeatGroup) -> None:
     queue = beats.queue
     with Connection(rabbit.url) as conn:  # what a worker would declare: durable, so it outlives a crash

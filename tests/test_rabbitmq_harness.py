@@ -21,6 +21,7 @@ def rabbit(tmp_path: Path) -> Iterator[RabbitMQ]:
         server.stop()
 
 
+@pytest.mark.slow
 def test_confirmed_persistent_messages_survive_a_kill(rabbit: RabbitMQ) -> None:
     queue = Queue("durable-q", Exchange("", type="direct"), routing_key="durable-q", durable=True)
     with Connection(rabbit.url, transport_options={"confirm_publish": True}) as conn:

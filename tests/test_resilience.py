@@ -12,6 +12,7 @@ from outage import run
 
 
 @pytest.mark.parametrize("mode", ["stop", "freeze"])
+@pytest.mark.slow
 def test_a_store_outage_longer_than_the_grace_is_survived_logged_once_and_coalesced(
     tmp_path: Path, redis_server: RedisServer, prefix: str, mode: str
 ) -> None:

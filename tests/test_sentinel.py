@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest import BeatGroup
 from failover import run
 from harness import RedisServer, wait_for
@@ -19,6 +21,7 @@ from history import assert_exactly_once, check
 from redbeat_safe import every
 
 
+@pytest.mark.slow
 def test_sentinel_failover_resumes_with_no_new_ids_and_no_missed_ticks(tmp_path: Path, redis_server: RedisServer, prefix: str) -> None:
     fig = run(tmp_path, scenario="kill", wait_replicas=0, lease=4, entries=3, before=3, after=8, replicas=1,
               broker=redis_server, prefix=prefix)

@@ -7,11 +7,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Numbers are doubles in Lua: integers are exact up to 2^53 (ticks reach 2.5e14).
+-- Numbers are doubles in Lua: integers are exact up to 2^53. A tick is at most
+-- the last ms of year 9999 (schedules.MAX_TICK_MS), which Python can show.
 local MAX_INT = 9007199254740991
+local MAX_TICK = 253402300799999
 
-local function is_int(v, low)
-  return type(v) == 'number' and v == math.floor(v) and v >= low and v <= MAX_INT
+local function is_int(v, low, high)
+  return type(v) == 'number' and v == math.floor(v) and v >= low and v <= (high or MAX_INT)
 end
 
 -- An integer as JSON, exactly: cjson would round it to 14 significant digits.
@@ -28,12 +30,15 @@ local function load_state(raw)
   if not raw then return nil, 'its state record is missing' end
   local ok, st = pcall(cjson.decode, raw)
   if not ok or type(st) ~= 'table' then return nil, 'its state record is not a JSON object' end
-  for _, f in ipairs({'ver', 'runs', 'ctime', 'mtime'}) do
+  for _, f in ipairs({'ver', 'runs'}) do
     if not is_int(st[f], 0) then return nil, 'its state field "' .. f .. '" is not a whole number >= 0' end
   end
   if st.trig == nil then st.trig = -1 end
-  for _, f in ipairs({'last', 'hold', 'trig'}) do
-    if not is_int(st[f], -1) then return nil, 'its state field "' .. f .. '" is not a tick (whole ms) or -1' end
+  for _, f in ipairs({'last', 'hold', 'trig', 'ctime', 'mtime'}) do
+    local low = (f == 'ctime' or f == 'mtime') and 0 or -1
+    if not is_int(st[f], low, MAX_TICK) then
+      return nil, 'its state field "' .. f .. '" is not a time in whole ms up to year 9999' .. (low < 0 and ' (or -1)' or '')
+    end
   end
   if type(st.enabled) ~= 'boolean' or type(st.done) ~= 'boolean' then
     return nil, 'its state fields "enabled" and "done" must be true or false'

@@ -52,8 +52,8 @@ for _ = 1, tonumber(ARGV[4]) do
   if score and score == expected then
     local s = tonumber(score)
     local st, problem = load_state(redis.call('HGET', KEYS[3], name))
-    if not is_int(s, 0) then
-      code = aside(name, 'its next tick ' .. score .. ' is not whole ms')
+    if not is_int(s, 0, MAX_TICK) then
+      code = aside(name, 'its next tick ' .. score .. ' is not whole ms up to year 9999')
     elseif s > now then
       code = -1
     elseif not st then

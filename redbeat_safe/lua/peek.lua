@@ -44,7 +44,7 @@ if count > 0 then due = redis.call('ZRANGE', KEYS[2], offset, offset + math.min(
 out[#out + 1] = #due / 2
 for i = 1, #due, 2 do
   local st, problem = load_state(redis.call('HGET', KEYS[3], due[i]))
-  if st and not is_int(tonumber(due[i + 1]), 0) then st, problem = nil, 'its next tick ' .. due[i + 1] .. ' is not whole ms' end
+  if st and not is_int(tonumber(due[i + 1]), 0, MAX_TICK) then st, problem = nil, 'its next tick ' .. due[i + 1] .. ' is not whole ms up to year 9999' end
   out[#out + 1] = due[i]
   out[#out + 1] = due[i + 1]
   if st then

@@ -33,7 +33,7 @@ for i = 0, n - 1 do
     ok = (st ~= nil and st.ver == tonumber(expected))
   end
   local score = redis.call('ZSCORE', KEYS[2], name)
-  if score and not is_int(tonumber(score), 0) then score = false end  -- damaged: replaced below
+  if score and not is_int(tonumber(score), 0, MAX_TICK) then score = false end  -- damaged: replaced below
   if ok and st == nil then
     redis.call('ZREM', KEYS[2], name)
     score = false
@@ -50,9 +50,10 @@ for i = 0, n - 1 do
       target = nil
     else
       target = tonumber(nxt)
-      -- never move back onto or before a tick that was already claimed (the
-      -- caller computes targets after it; a claim in between is a conflict)
-      if target <= st.last then ok = false end
+      -- never move back onto or before a tick that was already claimed or
+      -- triggered (the caller computes targets after both; a claim or trigger
+      -- in between is a conflict)
+      if target <= st.last or target <= st.trig then ok = false end
     end
     if ok then
       st.ver = st.ver + 1
