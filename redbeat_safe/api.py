@@ -12,7 +12,7 @@ from celery import Celery
 from . import registry
 from .config import Settings
 from .connection import Client, connect
-from .definitions import EntryDef, build, check_name
+from .definitions import EntryDef, build, check_stored_name
 from .dispatch import confirming, publish
 from .registry import EntryDamaged, EntryNotFound
 from .store import RedisStore, State
@@ -60,7 +60,7 @@ class Schedules:
 
     def get(self, name: str) -> Entry | None:
         """The entry, or None. A damaged entry is returned with ``problem`` set."""
-        check_name(name)
+        check_stored_name(name)
         _, found = self.store.snapshot([name], full=True)
         return entry_from_stored(found[name])
 
@@ -71,7 +71,7 @@ class Schedules:
 
     def remove(self, name: str) -> bool:
         """Remove an entry, damaged or not; True if it existed. Ticks already claimed are still published."""
-        check_name(name)
+        check_stored_name(name)
         return self.store.remove([name]) > 0
 
     def _stored(self, name: str) -> tuple[EntryDef, State]:
@@ -119,7 +119,7 @@ class Schedules:
 
     def history(self, name: str, limit: int = 20) -> builtins.list[Dispatch]:
         """The latest dispatches of ``name``, newest first (at most 100 are kept)."""
-        check_name(name)
+        check_stored_name(name)
         return [Dispatch.from_record(r) for r in self.store.history(name, limit)]
 
     # -- beats --------------------------------------------------------------

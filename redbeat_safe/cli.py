@@ -109,8 +109,13 @@ def _ago(ms: int | None, now: int) -> str:
     return f"{when} ({'in ' + text if delta >= 0 else text + ' ago'})"
 
 
+def _shown(value: Any) -> str:
+    """Printable: a name that is not UTF-8 in Redis shows its bytes escaped (\\xff)."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    cells = [[str(c) for c in headers]] + [[_shown(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
@@ -145,7 +150,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
          _ago(_ms(e.next_tick), now), _ago(_ms(e.last_tick), now), e.total_runs, e.source)
         for e in entries
     ]
-    damaged = [f"  {e.name}: {e.problem}" for e in entries if e.problem]
+    damaged = [f"  {_shown(e.name)}: {_shown(e.problem)}" for e in entries if e.problem]
     note = "" if not damaged else "\n\nDAMAGED (beats skip these; `add` it again to repair, or `remove` it):\n" + "\n".join(damaged)
     _emit(as_json, [e.as_dict() for e in entries],
           lambda: _table(("NAME", "SCHEDULE", "TASK", "ENABLED", "NEXT", "LAST", "RUNS", "SOURCE"), rows) + note if rows else "no entries")

@@ -69,6 +69,16 @@ def check_name(name: Any) -> str:
     return _check_text(name, "the entry name")
 
 
+def check_stored_name(name: Any) -> str:
+    """A name to look up, show or remove: also one that is not UTF-8 in Redis (planted by
+    hand), which reads as text with lone surrogates."""
+    if isinstance(name, str) and any(unicodedata.category(c) == "Cs" for c in name):
+        if not name or len(name) > MAX_NAME_LENGTH * 4:
+            raise DefinitionError("the entry name is empty or too long")
+        return name
+    return check_name(name)
+
+
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 

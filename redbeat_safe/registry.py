@@ -100,23 +100,24 @@ def _decide(
     want = st.enabled if enabled is None else enabled
     resuming = want and not st.enabled
     damaged = stored.problem is not None
+    # the current next tick can be kept only if there is one (or the entry is finished)
+    keep: int | str | None = "keep" if st.done or stored.score is not None or st.hold is not None else entry.schedule.first_after(after)
     if st.definition_hash == dh and want == st.enabled:
         if damaged:
             # edited by hand, or set aside by a beat: writing it again repairs it
-            keep = stored.score is not None or st.done or not st.enabled
-            return "repaired", item(st.version, "keep" if keep else entry.schedule.first_after(after), want)
+            return "repaired", item(st.version, keep, want)
         if source == "static" and st.source != "static":
             # a beat_schedule now declares an entry made through the API or an
             # import: it becomes static, so it is pruned once no config has it
-            return "adopted", item(st.version, "keep", want)
+            return "adopted", item(st.version, keep, want)
         return "unchanged", None
-    if st.schedule_hash != sh or (damaged and stored.score is None and want and not st.done):
+    if st.schedule_hash != sh:
         return "updated", item(st.version, entry.schedule.first_after(after), want)
     if resuming and from_now and st.hold is not None:
         # continue the schedule from now, on its own phase: no burst of missed runs
         return "resumed", item(st.version, entry.schedule.at_or_after(st.hold, after + 1), want)
     outcome = "updated" if st.definition_hash != dh else ("resumed" if want else "paused")
-    return outcome, item(st.version, "keep", want)
+    return outcome, item(st.version, keep, want)
 
 
 def upsert(

@@ -101,7 +101,15 @@ class Keys:
 
 
 def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    """Text from Redis. Bytes that are not UTF-8 (a name planted by hand) become lone
+    surrogates, which ``_b`` turns back into the same bytes: such an entry can still
+    be set aside, listed and removed."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _b(value: Any) -> Any:
+    """What to send Redis for a key or an argument: text exactly as it was read."""
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
 
 
 def _opt_int(value: Any) -> int | None:
@@ -169,7 +177,8 @@ class Stored:
 
     @property
     def exists(self) -> bool:
-        return self.state is not None or self.state_problem is not None or self.stored_hash is not None or self.score_raw is not None
+        return (self.state is not None or self.state_problem is not None or self.stored_hash is not None
+                or self.score_raw is not None or self.aside is not None)
 
     @property
     def problem(self) -> str | None:
@@ -177,7 +186,9 @@ class Stored:
         if self.state_problem:
             return self.state_problem
         if self.state is None:
-            return "its state record is missing" if self.exists else None
+            if not self.exists:
+                return None
+            return f"set aside by a beat: {self.aside}" if self.aside else "its state record is missing"
         if self.stored_hash is None:
             return "its definition is missing"
         if self.stored_hash != self.state.definition_hash:
@@ -331,7 +342,7 @@ class RedisStore:
         return self.keys.reply(os.urandom(8).hex())
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._scripts[name](keys=list(keys), args=list(args))
+        return self._scripts[name](keys=[_b(k) for k in keys], args=[_b(a) for a in args])
 
     def _durable(self, name: str, keys: Sequence[str], args: Sequence[Any], wait: bool = True) -> tuple[Any, bool | None]:
         """Run a script, then WAIT on the same connection.
@@ -345,7 +356,7 @@ class RedisStore:
         for _attempt in range(3):
             node = self._node()
             pipe = node.pipeline(transaction=False)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.evalsha(script.sha, len(keys), *map(_b, keys), *map(_b, args))
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             result, acked = pipe.execute(raise_on_error=False)
             if isinstance(result, NoScriptError):
@@ -385,6 +396,7 @@ class RedisStore:
         pipe.hkeys(k.defs)
         pipe.hkeys(k.state)
         pipe.zrange(k.due, 0, -1)
+        pipe.hkeys(k.aside)
         found: set[str] = set()
         for part in pipe.execute():
             found.update(_s(n) for n in part)
@@ -407,8 +419,11 @@ class RedisStore:
             expected = "-" if it.expected_version is None else str(it.expected_version)
             args += [it.name, expected, it.definition, it.definition_hash, it.schedule_hash, it.source, nxt, "1" if it.enabled else "0",
                      "" if it.runs is None else it.runs, "" if it.last is None else it.last]
-        result = self._call("upsert", [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside], args)
-        return [_s(r) == "ok" for r in result]
+        result = [_s(r) for r in self._call("upsert", [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside], args)]
+        bad = [it.name for it, r in zip(items, result, strict=True) if r == "invalid"]
+        if bad:
+            raise ValueError(f"not a tick for {', '.join(map(repr, bad))}: nothing written for them")
+        return [r == "ok" for r in result]
 
     def remove(self, names: Sequence[str]) -> int:
         k = self.keys
@@ -418,7 +433,7 @@ class RedisStore:
     def definitions(self, names: Sequence[str]) -> list[bytes | None]:
         if not names:
             return []
-        values: list[Any] = self.client.hmget(self.keys.defs, list(names))
+        values: list[Any] = self.client.hmget(self.keys.defs, [_b(n) for n in names])
         return values
 
     # -- the beat loop ----------------------------------------------------
@@ -504,7 +519,7 @@ class RedisStore:
         self._call("trigger", keys, [REQUEST_TTL_MS, caller, name, 0, 1, 0, 0, "cancel"])
 
     def history(self, name: str, limit: int) -> list[bytes]:
-        rows: list[Any] = self.client.lrange(self.keys.history(name), 0, max(0, limit - 1))
+        rows: list[Any] = self.client.lrange(_b(self.keys.history(name)), 0, max(0, limit - 1))
         return rows
 
     # -- instances --------------------------------------------------------

@@ -53,8 +53,8 @@ class DoubleSend(RedisStore):
         if self.armed.get(name):
             self.armed[name] -= 1
             self.doubled.append(name)
-            self._scripts[name](keys=list(keys), args=list(args))  # its reply never arrives
-        return self._scripts[name](keys=list(keys), args=list(args))
+            super()._call(name, keys, args)  # its reply never arrives
+        return super()._call(name, keys, args)
 
 
 @dataclass

@@ -10,20 +10,21 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from celery import Celery
 
 from conftest import BeatGroup, make_app
-from faults import DAMAGE, Fleet, run_until_idle
+from faults import DAMAGE, T0, Fleet, run_until_idle
 from harness import HERE, ROOT, RedisServer
 from history import check
 from redbeat_safe import Schedules, every, registry
 from redbeat_safe.config import Settings
 from redbeat_safe.definitions import build
-from redbeat_safe.engine import Engine
+from redbeat_safe.engine import NO_PROGRESS_SLEEP, Engine
 from redbeat_safe.scheduler import Scheduler
-from redbeat_safe.store import Keys, RedisStore
+from redbeat_safe.store import ASIDE, ClaimItem, Keys, RedisStore, UpsertItem
 
 
 def test_a_definition_deleted_under_two_beats_stalls_no_other_entry(beats: BeatGroup, redis_server: RedisServer) -> None:
@@ -226,3 +227,68 @@ def test_a_redis_error_reply_is_not_reported_as_an_outage(redis_server: RedisSer
     finally:
         redis_server.client().delete(Keys(prefix).inflight)
         s.close()
+
+
+def test_an_upsert_racing_a_set_aside_never_leaves_the_entry_finished(redis_server: RedisServer, prefix: str) -> None:
+    """A beat sets the entry aside between the upsert's read and its write: the write keeps
+    no next tick it does not have (it re-reads and repairs), so the entry fires again."""
+    fleet = Fleet(redis_server.client(), prefix)
+    store = fleet.store()
+    registry.upsert(store, [build("a", "t", every(1), default_tz="UTC")], "api")
+    fleet.clock.advance(1500)
+
+    class Racing(RedisStore):
+        fired = False
+
+        def snapshot(self, names: Any, full: bool = False) -> Any:
+            out = super().snapshot(names, full)
+            if not Racing.fired and list(names) == ["a"]:
+                Racing.fired = True  # a beat sets "a" aside right after this read
+                d = self.peek("B", 60000, 3000, 200, 100).due[0]
+                assert self.claim([ClaimItem("a", d.score, d.version, [], None, mode="park", reason="test")], 3000, "B")[1][0].code == ASIDE
+            return out
+
+    racing = Racing(redis_server.client(), prefix, test_clock_key=fleet.clock.key)
+    outcome = registry.upsert(racing, [build("a", "t", every(1), args=[1], default_tz="UTC")], "api")
+    assert outcome == {"a": "updated"}
+    _, found = store.snapshot(["a"])
+    a = found["a"]
+    assert a.state is not None and not a.state.done and a.score is not None, (a.state, a.score)
+    engine = fleet.engine("beat")
+    engine.register()
+    fleet.clock.advance(2000)
+    run_until_idle(engine)
+    assert fleet.ticks("a"), "the entry never fired again"
+
+
+def test_a_due_name_that_is_not_utf8_is_set_aside_listed_and_removable(redis_server: RedisServer, prefix: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    fleet = Fleet(redis_server.client(), prefix)
+    registry.upsert(fleet.store(), [build("ok", "t", every(1), default_tz="UTC")], "api")
+    redis_server.client().zadd(fleet.keys.due, {b"\xffbad": T0})
+    engine = fleet.engine("beat")
+    engine.register()
+    sleeps = []
+    with caplog.at_level(logging.WARNING, logger="redbeat_safe"):
+        for _ in range(10):
+            fleet.clock.advance(500)
+            sleeps.append(engine.run_once())
+    assert redis_server.client().zscore(fleet.keys.due, b"\xffbad") is None, "not set aside"
+    assert len(fleet.ticks("ok")) == 5 and sum(s == NO_PROGRESS_SLEEP for s in sleeps) <= 2, sleeps
+    assert len([r for r in caplog.records if "bad" in r.getMessage()]) == 1, [r.getMessage() for r in caplog.records]
+    app = make_app(redis_server, prefix)
+    api = Schedules(app)
+    listed = [e for e in api.list() if e.name != "ok"]
+    assert len(listed) == 1 and listed[0].problem, listed
+    assert api.remove(listed[0].name) is True
+    assert not redis_server.client().hexists(fleet.keys.aside, b"\xffbad")
+
+
+def test_no_script_fails_on_arguments_that_are_not_numbers(redis_server: RedisServer, prefix: str) -> None:
+    fleet = Fleet(redis_server.client(), prefix)
+    store = fleet.store()
+    entry = build("a", "t", every(1), default_tz="UTC")
+    item = UpsertItem("a", None, entry.to_json(), entry.definition_hash, entry.schedule_hash, "api", "soon", True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a tick for 'a'"):
+        store.upsert([item])
+    assert not redis_server.client().hexists(fleet.keys.state, "a")

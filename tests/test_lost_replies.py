@@ -159,3 +159,29 @@ def test_upsert_remove_and_ack_with_lost_replies_answer_as_one_call(redis_server
     assert int(redis_server.client().hget(fleet.keys.inststats, "beat") or 0) == len(fleet.sent)
     store.arm("remove")
     assert store.remove(["e"]) == 1
+
+
+def test_a_trigger_whose_publish_failed_after_a_beat_took_it_over_is_not_sent_again(redis_server: RedisServer, prefix: str) -> None:
+    """The caller's publish hangs past the lease, a beat re-publishes the run, then the caller's
+    publish fails: its retry of the same request must find the run sent, not send it again."""
+    fleet = Fleet(redis_server.client(), prefix, lease_ms=1000)
+    store = fleet.store()
+    from redbeat_safe import registry
+    from redbeat_safe.definitions import build
+    from redbeat_safe.trigger import trigger
+
+    registry.upsert(store, [build("t", "t", every(3600), default_tz="UTC")], "api")
+    beat = fleet.engine("beat")
+    beat.register()
+    sent: list[int] = []
+
+    def slow_then_fails(entry: object, name: str, tick: int) -> None:
+        fleet.clock.advance(1001)  # the publish hangs past the lease...
+        run_until_idle(beat)  # ...a beat reaps the run and publishes it
+        raise ConnectionError("broker timeout")
+
+    with pytest.raises(ConnectionError):
+        trigger(store, "t", slow_then_fails, lease_ms=1000, caller="op", request_id="req-1")
+    assert len(fleet.ticks("t")) == 1
+    again = trigger(store, "t", lambda e, n, tick: sent.append(tick), lease_ms=1000, caller="op", request_id="req-1")
+    assert sent == [] and again == fleet.sent[0].task_id

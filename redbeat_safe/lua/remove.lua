@@ -10,8 +10,8 @@ local removed = 0
 for i = 2, #ARGV do
   local name = ARGV[i]
   local had = redis.call('ZREM', KEYS[2], name) + redis.call('HDEL', KEYS[3], name) + redis.call('HDEL', KEYS[4], name)
+    + redis.call('HDEL', KEYS[6], name)
   redis.call('SREM', KEYS[5], name)
-  redis.call('HDEL', KEYS[6], name)
   redis.call('DEL', KEYS[5 + i])
   if had > 0 then removed = removed + 1 end
 end

@@ -10,8 +10,9 @@
 --   {tick, 'sent'} this request was published already; {tick, 'taken'} its
 --   lease ran out and a beat re-leased it, which publishes it; {false, why}
 --   nothing claimed ('changed': read the entry again; else what is wrong).
--- ('cancel'): the publish failed; the run is withdrawn but the request keeps
---   its tick, so a retry of the same request publishes it under the same id.
+-- ('cancel'): the publish failed; the run is withdrawn (if the caller still
+--   holds it) but the request keeps its tick, so a retry of the same request
+--   publishes it under the same id.
 --
 -- KEYS[1] is per request (the caller's request id): a repeat of the request,
 -- whether redis-py resending it after a lost reply or the caller retrying after
@@ -30,12 +31,14 @@ end
 if ARGV[8] == 'cancel' then
   if request then
     local member = int_json(request[1]) .. ':' .. name
+    -- withdrawn only if still the caller's: a beat that re-leased it after the
+    -- lease ran out publishes it, and a retry must then find it sent or taken
     if redis.call('HGET', KEYS[7], member) == caller then
       redis.call('ZREM', KEYS[5], member)
       redis.call('HDEL', KEYS[6], member)
       redis.call('HDEL', KEYS[7], member)
+      redis.call('SET', KEYS[1], cmsgpack.pack({request[1], 1}), 'KEEPTTL')
     end
-    redis.call('SET', KEYS[1], cmsgpack.pack({request[1], 1}), 'KEEPTTL')
   end
   return 0
 end

@@ -7,7 +7,8 @@
 --   the entry has no future tick, else ms), enabled ('1' | '0'), runs and last
 --   tick to start from when the entry is created ('' = 0 and none; used by
 --   import to keep a history's phase)
--- Returns one status per entry: 'ok' or 'conflict' (re-read and try again).
+-- Returns one status per entry: 'ok', 'conflict' (re-read and try again) or
+-- 'invalid' (the next tick given is not a tick; nothing written).
 --
 -- A write also repairs: it replaces a damaged state or definition, a next tick
 -- that is not whole ms, and clears the entry's set-aside reason.
@@ -32,22 +33,32 @@ for i = 0, n - 1 do
   else
     ok = (st ~= nil and st.ver == tonumber(expected))
   end
+  local invalid = false
   local score = redis.call('ZSCORE', KEYS[2], name)
   if score and not is_int(tonumber(score), 0, MAX_TICK) then score = false end  -- damaged: replaced below
   if ok and st == nil then
     redis.call('ZREM', KEYS[2], name)
     score = false
-    st = {ver = 0, runs = tonumber(ARGV[b + 8]) or 0, last = tonumber(ARGV[b + 9]) or -1, hold = -1, trig = -1,
-          done = false, ctime = now}
+    local runs, last = tonumber(ARGV[b + 8]) or 0, tonumber(ARGV[b + 9]) or -1
+    if not is_int(runs, 0) or not is_int(last, -1, MAX_TICK) then runs, last = 0, -1 end
+    st = {ver = 0, runs = runs, last = last, hold = -1, trig = -1, done = false, ctime = now}
   end
   if ok then
     -- what the next tick would be, before the enabled flag is applied
     local target
     if nxt == 'keep' then
       if score then target = tonumber(score) elseif st.hold >= 0 then target = st.hold else target = nil end
-      if st.done then target = nil end
+      if st.done then
+        target = nil
+      elseif target == nil then
+        -- enabled, not finished, and no next tick: a beat set it aside since the
+        -- caller read it; keeping "nothing" would finish it, so re-read and repair
+        ok = false
+      end
     elseif nxt == '' then
       target = nil
+    elseif not is_int(tonumber(nxt), 0, MAX_TICK) then
+      ok, invalid = false, true  -- not a tick: the caller's bug, refused (never a script error)
     else
       target = tonumber(nxt)
       -- never move back onto or before a tick that was already claimed or
@@ -72,6 +83,6 @@ for i = 0, n - 1 do
       if src == 'static' then redis.call('SADD', KEYS[5], name) else redis.call('SREM', KEYS[5], name) end
     end
   end
-  out[#out + 1] = ok and 'ok' or 'conflict'
+  out[#out + 1] = ok and 'ok' or (invalid and 'invalid' or 'conflict')
 end
 return remember(out)
