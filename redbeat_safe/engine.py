@@ -35,6 +35,8 @@ _CACHE_LIMIT = 100_000
 #: A pass that made no progress (every claim lost a race) waits at least this
 #: long before the next, so no record, however read, can make the loop spin.
 NO_PROGRESS_SLEEP = 0.05
+#: A pass that did nothing sleeps at least this long, even for a tick due sooner.
+MIN_SLEEP = 0.001
 #: The same problem with the same entry is logged again after this long.
 REPORT_EVERY = 300.0
 _REPORT_LIMIT = 10_000
@@ -233,7 +235,10 @@ class Engine:
             return self.max_interval
         # ``now`` was read before publishing: what that took comes off the sleep
         elapsed = time.monotonic() - read_at
-        return max(0.0, min((min(wake) - now) / 1000.0 - elapsed, self.max_interval))
+        # a pass that did nothing never asks to go again at once (a tick due in less
+        # than the pass took is due by the time it wakes)
+        floor = 0.0 if progress else MIN_SLEEP
+        return max(floor, min((min(wake) - now) / 1000.0 - elapsed, self.max_interval))
 
     def _note_lost(self, it: ClaimItem) -> None:
         """A claim lost although the entry had not changed twice in a row means the two

@@ -161,3 +161,16 @@ def test_a_schedule_changed_after_a_clock_step_back_never_lands_on_a_triggered_t
         run_until_idle(beat)
     ids = [s.task_id for s in fleet.sent]
     assert len(ids) == len(set(ids)) and len(ids) > 4, fleet.ticks("e")
+
+
+def test_a_pass_that_did_nothing_never_asks_to_go_again_at_once(redis_server: RedisServer, prefix: str) -> None:
+    """Found by the property test: a next tick a fraction of a ms ahead (planted: 1000.5)
+    made run_once() return 0 though nothing was due yet; with a server clock that does
+    not move (the tests', or a stalled one) that was a loop with no sleep."""
+    fleet = Fleet(redis_server.client(), prefix)
+    registry.upsert(fleet.store(), [build("e", "t", every(1), default_tz="UTC")], "api")
+    redis_server.client().zadd(fleet.keys.due, {"e": T0 + 1000.5})
+    fleet.clock.advance(1000)  # the clock stays put, half a millisecond before it
+    engine = fleet.engine("beat")
+    engine.register()
+    assert all(engine.run_once() > 0 for _ in range(5))
