@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from functools import wraps
@@ -20,9 +21,9 @@ import redis
 
 from .api import EntryDamaged, EntryNotFound, Schedules
 from .connection import STORE_ERRORS, redact
-from .definitions import DefinitionError
+from .definitions import HIDDEN_CATEGORIES, DefinitionError
 from .schedules import ScheduleError, every, ms_to_datetime, pattern
-from .transfer import ImportRefused, export, import_export, import_redbeat
+from .transfer import ImportRefused, export, import_export, import_redbeat, loads
 from .trigger import new_request_id
 from .views import Entry
 
@@ -81,7 +82,9 @@ def _handled(fn: F) -> F:
             code, message = exc.code, str(exc)
         except (EntryNotFound, EntryDamaged) as exc:
             code, message = 1, str(exc)
-        except (DefinitionError, ScheduleError, ImportRefused) as exc:
+        except ImportRefused as exc:
+            code, message = 2, f"refused: {exc}"
+        except (DefinitionError, ScheduleError) as exc:
             code, message = 2, f"refused, nothing written: {exc}"
         except STORE_ERRORS as exc:
             code, message = 3, f"Redis unavailable: {exc}"
@@ -110,8 +113,11 @@ def _ago(ms: int | None, now: int) -> str:
 
 
 def _shown(value: Any) -> str:
-    """Printable: a name that is not UTF-8 in Redis shows its bytes escaped (\\xff)."""
-    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """Printable: a name that is not UTF-8 in Redis shows its bytes escaped (\\xff), and
+    one planted with a control or format character (U+202E turns text around) shows
+    it escaped (\\u202e), so what is printed is what is stored."""
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in HIDDEN_CATEGORIES else c for c in text)
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -319,9 +325,9 @@ def export_(ctx: click.Context) -> None:
 def import_(ctx: click.Context, file: Any, dry_run: bool, as_json: bool) -> None:
     """Load entries written by `export` (idempotent; keeps each entry's phase)."""
     try:
-        data = json.load(file)
-    except ValueError as exc:
-        raise Failure(2, f"{file.name} is not JSON: {exc}") from None
+        data = loads(file.read())
+    except ImportRefused as exc:
+        raise Failure(2, f"{file.name}: {exc}; nothing was written") from None
     report = import_export(_api(ctx).store, data, dry_run=dry_run)
     _emit(as_json, report.as_dict(), lambda: _table(("NAME", "RESULT"), sorted(report.results.items())))
 

@@ -48,6 +48,13 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+#: Characters a name may not hold: they are invisible or change how the text around
+#: them is shown (U+202E reverses it), so a displayed name could be spoofed.
+_REFUSED_CATEGORIES = {"Cc": "control character", "Cs": "invalid character", "Cf": "format character",
+                       "Zl": "line separator", "Zp": "paragraph separator"}
+HIDDEN_CATEGORIES = frozenset(_REFUSED_CATEGORIES)
+
+
 class DefinitionError(ValueError):
     """An entry that cannot be stored; the message names the entry and the problem."""
 
@@ -59,9 +66,10 @@ def _check_text(value: Any, what: str, limit: int = MAX_NAME_LENGTH) -> str:
         raise DefinitionError(f"{what} is empty")
     if len(value) > limit:
         raise DefinitionError(f"{what} is {len(value)} characters long; the limit is {limit}")
-    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+    bad = next((c for c in value if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
     if bad is not None:
-        raise DefinitionError(f"{what} contains the control or invalid character {bad!r}")
+        kind = _REFUSED_CATEGORIES[unicodedata.category(bad)]
+        raise DefinitionError(f"{what} contains the {kind} U+{ord(bad):04X} ({unicodedata.name(bad, 'unnamed')})")
     return value
 
 

@@ -91,7 +91,7 @@ def _decide(
     if st is None:
         expected: int | str | None = None if stored.state_problem is None else "!"
         if restore is not None:
-            nxt = entry.schedule.first_after(now) if restore.next is None else restore.next
+            nxt = entry.schedule.first_after(max(now, restore.last or 0)) if restore.next is None else restore.next
             return "created", item(expected, nxt, restore.enabled if enabled is None else enabled, restore.runs, restore.last)
         return "created", item(expected, entry.schedule.first_after(now), True if enabled is None else enabled)
     # never plan onto or before a claimed or triggered tick, whatever the server clock says:

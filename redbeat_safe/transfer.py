@@ -8,6 +8,7 @@ Everything is validated before anything is written.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -16,9 +17,9 @@ import redis
 from celery import schedules as cs
 
 from . import registry
-from .definitions import DefinitionError, EntryDef, build, canonical_json
+from .definitions import DefinitionError, EntryDef, build, canonical_json, check_name
 from .registry import Restore
-from .schedules import ScheduleError, ms_to_datetime, to_ms
+from .schedules import MAX_TICK_MS, ScheduleError, ms_to_datetime, to_ms
 from .store import RedisStore
 
 FORMAT = "redbeat_safe-export"
@@ -74,25 +75,109 @@ def _write(store: RedisStore, entries: list[EntryDef], sources: dict[str, str], 
     return results
 
 
+#: The fields of one exported entry; anything else is refused (a typo would be lost silently).
+ENTRY_FIELDS = ("name", "definition", "enabled", "source", "next_tick_ms", "last_tick_ms", "runs")
+#: Runs are counted exactly in Lua and in JSON only up to 2**53.
+MAX_RUNS = 2**53
+
+
+def _no_constant(name: str) -> Any:
+    raise ImportRefused(f"the file contains {name}, which is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ImportRefused(f"an object in the file has the key {key!r} twice")
+        out[key] = value
+    return out
+
+
+def loads(text: str) -> Any:
+    """Parse an import file as strict JSON: no NaN or Infinity (Python's reader takes
+    them), no key twice in one object; too deep a file is refused, not a crash."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+    except ImportRefused:
+        raise
+    except RecursionError:
+        raise ImportRefused("the file is nested too deeply to be an export") from None
+    except ValueError as exc:
+        raise ImportRefused(f"the file is not JSON: {exc}") from None
+
+
+def _tick(value: Any, field_name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TICK_MS:
+        raise ValueError(f"{field_name} must be whole ms between 0 and {MAX_TICK_MS} (year 9999) or null, not {value!r:.40}")
+    return value
+
+
+def _entry(item: Any) -> tuple[EntryDef, str, Restore]:
+    """One exported entry, every field checked; ValueError names the field."""
+    if not isinstance(item, dict):
+        raise ValueError(f"an entry must be an object, not {type(item).__name__}")
+    unknown = sorted(set(item) - set(ENTRY_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))} (known: {', '.join(ENTRY_FIELDS)})")
+    if not isinstance(item.get("definition"), dict):
+        raise ValueError(f"definition must be an object, not {type(item.get('definition')).__name__}")
+    try:
+        entry = EntryDef.from_json(item["name"], canonical_json(item["definition"]))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(f"definition: {exc}") from None
+    source = item.get("source", "api")
+    if source not in ("static", "api"):
+        raise ValueError(f"source must be 'static' or 'api', not {source!r:.40}")
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled must be true or false, not {enabled!r:.40}")
+    runs = item.get("runs", 0)
+    if runs is None:
+        runs = 0
+    if isinstance(runs, bool) or not isinstance(runs, int) or not 0 <= runs <= MAX_RUNS:
+        raise ValueError(f"runs must be a whole number from 0 to 2**53, not {runs!r:.40}")
+    nxt, last = _tick(item.get("next_tick_ms"), "next_tick_ms"), _tick(item.get("last_tick_ms"), "last_tick_ms")
+    if nxt is not None and last is not None and nxt <= last:
+        raise ValueError(f"next_tick_ms ({nxt}) must be after last_tick_ms ({last}): that tick already ran")
+    return entry, source, Restore(next=nxt, runs=runs, last=last, enabled=enabled)
+
+
 def import_export(store: RedisStore, data: Any, dry_run: bool = False) -> Report:
-    """Load a file written by export(); idempotent (a second import changes nothing)."""
+    """Load a file written by export(); idempotent (a second import changes nothing).
+
+    The whole file is checked first (every field of every entry, names unique);
+    one problem refuses it with ImportRefused naming each bad entry and field,
+    and nothing is written.
+    """
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ImportRefused(f"not a redbeat_safe export (expected format {FORMAT!r})")
+        raise ImportRefused(f"not a redbeat_safe export (expected format {FORMAT!r}), nothing was written")
     if data.get("version") != VERSION:
-        raise ImportRefused(f"unsupported export version {data.get('version')!r}")
+        raise ImportRefused(f"unsupported export version {data.get('version')!r:.40}, nothing was written")
+    items = data.get("entries", [])
+    if not isinstance(items, list):
+        raise ImportRefused(f"'entries' must be a list, not {type(items).__name__}; nothing was written")
     entries, sources, restore, problems = [], {}, {}, []
-    for item in data.get("entries") or []:
+    counts = Counter(i.get("name") for i in items if isinstance(i, dict) and isinstance(i.get("name"), str))
+    for position, item in enumerate(items, 1):
+        name = item.get("name") if isinstance(item, dict) else None
+        label = f"entry {name!r}" if isinstance(name, str) else f"entry #{position}"
         try:
-            name = item["name"]
-            entry = EntryDef.from_json(name, canonical_json(item["definition"]))
-            sources[name] = "static" if item.get("source") == "static" else "api"
-            restore[name] = Restore(next=item.get("next_tick_ms"), runs=int(item.get("runs") or 0),
-                                    last=item.get("last_tick_ms"), enabled=bool(item.get("enabled", True)))
-            entries.append(entry)
-        except (KeyError, TypeError, ValueError) as exc:
-            problems.append(f"{item.get('name', '?') if isinstance(item, dict) else '?'}: {exc}")
+            check_name(name)
+            if counts[name] > 1:
+                raise ValueError(f"appears {counts[name]} times in the file")
+            entry, source, rest = _entry(item)
+        except (DefinitionError, ValueError, TypeError) as exc:
+            text = str(exc)
+            problems.append(text if text.startswith(label) else f"{label}: {text}")
+            continue
+        entries.append(entry)
+        sources[entry.name], restore[entry.name] = source, rest
     if problems:
-        raise ImportRefused("refused, nothing was written: " + "; ".join(problems))
+        shown = "; ".join(dict.fromkeys(problems[:20])) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ImportRefused(f"{shown}; nothing was written")
     report = Report()
     if dry_run:
         report.results = {e.name: "would import" for e in entries}

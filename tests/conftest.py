@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,7 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from harness import Beat, Broker, RedisServer
+from harness import ROOT, Beat, Broker, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +104,14 @@ def beats_factory(tmp_path: Path) -> Iterator[Callable[[RedisServer, str], BeatG
     yield make
     for g in groups:
         g.stop_all()
+
+
+def cli(group: BeatGroup, *args: str, prefix: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`celery -A beatapp schedules ARGS` as a real subprocess, configured like the group's beats."""
+    env = dict(os.environ)
+    env.update(group.env({}))
+    if prefix:
+        env["BEAT_PREFIX"] = prefix
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), str(ROOT)])
+    return subprocess.run([sys.executable, "-m", "celery", "-A", "beatapp", "schedules", *args],
+                          env=env, capture_output=True, text=True, timeout=60, input=stdin, cwd=group.workdir)

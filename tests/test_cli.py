@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from conftest import BeatGroup, make_app
-from harness import ROOT, RedisServer, wait_for
+from conftest import BeatGroup, cli, make_app
+from harness import RedisServer, wait_for
 from history import check
 from redbeat_safe import every
 from redbeat_safe.dispatch import task_id_for
@@ -25,16 +23,6 @@ HERE = Path(__file__).parent
 
 def ms() -> int:
     return int(time.time() * 1000)
-
-
-def cli(group: BeatGroup, *args: str, prefix: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.update(group.env({}))
-    if prefix:
-        env["BEAT_PREFIX"] = prefix
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)])
-    return subprocess.run([sys.executable, "-m", "celery", "-A", "beatapp", "schedules", *args],
-                          env=env, capture_output=True, text=True, timeout=60, input=stdin, cwd=group.workdir)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> Any:

@@ -41,7 +41,10 @@ def test_bad_input_is_refused_naming_the_entry(kwargs: dict, message: str) -> No
 
 @pytest.mark.parametrize(
     "name, message",
-    [("", "empty"), ("x" * 10_000, "10000 characters long"), ("a\x00b", "control"), (123, "must be a string")],
+    [("", "empty"), ("x" * 10_000, "10000 characters long"), ("a\x00b", "control"), (123, "must be a string"),
+     # names that display as something else: right-to-left override, zero-width joiner, BOM, line separator
+     ("invoice\u202etxt.exe", "format character U\\+202E"), ("adm\u200din", "format character U\\+200D"),
+     ("\ufeffdaily", "format character U\\+FEFF"), ("a\u2028b", "line separator")],
 )
 def test_bad_names(name: object, message: str) -> None:
     with pytest.raises(DefinitionError, match=message):
