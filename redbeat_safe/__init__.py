@@ -7,6 +7,11 @@ __version__ = "0.1.0"
 from .definitions import DefinitionError  # noqa: E402
 from .schedules import ScheduleError, every, pattern  # noqa: E402
 
+if "celery" in __import__("sys").modules:  # imported by a Celery app: mask our URL in its reports
+    from .reports import hide_in_celery_reports
+
+    hide_in_celery_reports()
+
 
 def __getattr__(name: str) -> object:
     # Celery is imported only when the scheduler or the API is used.

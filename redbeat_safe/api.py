@@ -15,7 +15,7 @@ from .connection import Client, connect
 from .definitions import EntryDef, build, check_stored_name
 from .dispatch import confirming, publish
 from .registry import EntryDamaged, EntryNotFound
-from .store import RedisStore, State
+from .store import RedisStore, State, split_member
 from .trigger import trigger
 from .views import Dispatch, Entry, Instance, entry_from_stored
 
@@ -120,7 +120,8 @@ class Schedules:
     def history(self, name: str, limit: int = 20) -> builtins.list[Dispatch]:
         """The latest dispatches of ``name``, newest first (at most 100 are kept)."""
         check_stored_name(name)
-        return [Dispatch.from_record(r) for r in self.store.history(name, limit)]
+        found = [Dispatch.from_record(r) for r in self.store.history(name, limit)]
+        return [d for d in found if d is not None]
 
     # -- beats --------------------------------------------------------------
     def instances(self) -> builtins.list[Instance]:
@@ -138,10 +139,7 @@ class Schedules:
             "now_ms": now,
             "instances": [i.as_dict() for i in self.instances()],
             "due_next_minute": [{"name": n, "tick_ms": t, "in_ms": t - now} for n, t in due_soon if t > now],
-            "in_flight": [
-                {"name": m.split(":", 1)[1], "tick_ms": int(m.split(":", 1)[0]), "lease_left_ms": deadline - now}
-                for m, deadline in inflight
-            ],
+            "in_flight": [_in_flight(m, deadline, now) for m, deadline in inflight],
             "most_late": None if not late else {"name": late[0][0], "tick_ms": late[0][1], "late_ms": now - late[0][1]},
             "damaged": [{"name": e.name, "problem": e.problem} for e in self.list() if e.problem],
         }
@@ -149,3 +147,14 @@ class Schedules:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def _in_flight(member: str, deadline: int, now: int) -> dict[str, Any]:
+    """One in-flight tick for ``status``; a member that is not "<tick>:<entry>"
+    (planted or damaged) is listed with tick_ms None and a problem, not raised on:
+    a beat drops it once its lease deadline passes."""
+    parsed = split_member(member)
+    if parsed is None:
+        return {"name": member, "tick_ms": None, "lease_left_ms": deadline - now,
+                "problem": "not a <tick>:<entry> record; a beat drops it when its lease deadline passes"}
+    return {"name": parsed[1], "tick_ms": parsed[0], "lease_left_ms": deadline - now}

@@ -20,7 +20,7 @@ import click
 import redis
 
 from .api import EntryDamaged, EntryNotFound, Schedules
-from .connection import STORE_ERRORS, redact
+from .connection import STORE_ERRORS, redact, refusal
 from .definitions import HIDDEN_CATEGORIES, DefinitionError
 from .schedules import ScheduleError, every, ms_to_datetime, pattern
 from .transfer import ImportRefused, export, import_export, import_redbeat, loads
@@ -87,7 +87,8 @@ def _handled(fn: F) -> F:
         except (DefinitionError, ScheduleError) as exc:
             code, message = 2, f"refused, nothing written: {exc}"
         except STORE_ERRORS as exc:
-            code, message = 3, f"Redis unavailable: {exc}"
+            said = refusal(exc)
+            code, message = (4, said) if said is not None else (3, f"Redis unavailable: {exc}")
         click.echo(f"error: {message}", err=True)
         sys.exit(code)
 
@@ -102,11 +103,20 @@ def _emit(as_json: bool, data: Any, human: Callable[[], str]) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else human())
 
 
+def _local(when: datetime) -> datetime:
+    """In the machine's zone; in UTC where that zone would pass year 9999 (a tick at
+    the end of time, east of UTC), which datetime cannot hold."""
+    try:
+        return when.astimezone()
+    except (OverflowError, ValueError):
+        return when
+
+
 def _ago(ms: int | None, now: int) -> str:
     if ms is None:
         return "-"
     delta = (ms - now) / 1000
-    when = ms_to_datetime(ms).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    when = _local(ms_to_datetime(ms)).strftime("%Y-%m-%d %H:%M:%S")
     span = abs(delta)
     text = f"{span:.0f}s" if span < 120 else f"{span / 60:.0f}m" if span < 7200 else f"{span / 3600:.1f}h"
     return f"{when} ({'in ' + text if delta >= 0 else text + ' ago'})"
@@ -273,7 +283,7 @@ def history(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
     if api.get(name) is None:
         raise EntryNotFound(name)
     rows = api.history(name, limit)
-    table = [(d.tick.astimezone().isoformat(timespec="milliseconds"), d.kind, d.task_id, d.instance,
+    table = [(_local(d.tick).isoformat(timespec="milliseconds"), d.kind, d.task_id, d.instance,
               f"{(_ms(d.published_at) or 0) - d.tick_ms:+d} ms") for d in rows]
     _emit(as_json, [d.as_dict() for d in rows],
           lambda: _table(("TICK", "KIND", "TASK ID", "BY", "PUBLISHED"), table) if table else "no dispatches yet")
@@ -300,9 +310,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
         soon = [(d["name"], _ago(d["tick_ms"], now)) for d in data["due_next_minute"]]
         lines.append(_table(("DUE IN THE NEXT MINUTE", "TICK"), soon) if soon else "nothing due in the next minute")
         lines.append(f"in flight: {len(data['in_flight'])} tick(s)" + "".join(
-            f"\n  {f['name']} @ {f['tick_ms']} (lease {f['lease_left_ms'] / 1000:.1f}s left)" for f in data["in_flight"]))
+            f"\n  {_shown(f['name'])} @ {f['tick_ms']} (lease {f['lease_left_ms'] / 1000:.1f}s left)"
+            + (f" PROBLEM: {f['problem']}" if f.get("problem") else "") for f in data["in_flight"]))
         late = data["most_late"]
-        lines.append("most late: none" if late is None else f"most late: {late['name']}, {late['late_ms'] / 1000:.1f}s behind")
+        lines.append("most late: none" if late is None else f"most late: {_shown(late['name'])}, {late['late_ms'] / 1000:.1f}s behind")
         return "\n".join(lines)
 
     _emit(as_json, data, human)

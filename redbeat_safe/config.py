@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
 from .connection import Topology, parse, redact
+from .reports import hide_in_celery_reports
 from .schedules import CATCHUP_POLICIES, ScheduleError, zone_name
 
 __all__ = ["Settings", "redact"]
 
 DEFAULT_PREFIX = "redbeat_safe"
+MAX_PREFIX = 100
+#: A plain name: the ACL recipe grants `~{<prefix>}:*`, a glob, so a `*`, `?`,
+#: `[` or a backslash in the prefix would open other apps' keys; braces would break the
+#: hash tag, and a newline or NUL has no place in a key name.
+PREFIX = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_PREFIX}}}")
 DEFAULT_LEASE = 10.0
 DEFAULT_CATCHUP_MAX = 100
 #: Broker URLs the store may default to (kombu's Redis transport, Sentinel included).
@@ -22,6 +30,7 @@ BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 #: Options that say where Redis is without a URL.
 _TOPOLOGY_OPTIONS = ("sentinels", "startup_nodes", "cluster")
 DEFAULT_WAIT_TIMEOUT = 1.0
+hide_in_celery_reports()
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,9 @@ class Settings:
     topology: Topology = field(default_factory=lambda: Topology("standalone"))
     wait_replicas: int = 0  #: publish a claim only once this many replicas have it (WAIT)
     wait_timeout_ms: int = int(DEFAULT_WAIT_TIMEOUT * 1000)
+    #: What a beat logs at start (once): TLS that does not verify the server, a
+    #: store in the broker's database. Settings are still accepted.
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_app(cls, app: Celery) -> Settings:
@@ -58,8 +70,12 @@ class Settings:
             raise ImproperlyConfigured(f"redbeat_safe_wait_replicas must be a whole number >= 0, not {wait_replicas!r}")
         wait_timeout = _positive(conf.get("redbeat_safe_wait_timeout"), DEFAULT_WAIT_TIMEOUT, "redbeat_safe_wait_timeout")
         prefix = conf.get("redbeat_safe_key_prefix") or DEFAULT_PREFIX
-        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix or len(prefix) > 100:
-            raise ImproperlyConfigured(f"redbeat_safe_key_prefix must be a short string without braces, not {prefix!r}")
+        if not isinstance(prefix, str) or not PREFIX.fullmatch(prefix):
+            raise ImproperlyConfigured(
+                f"redbeat_safe_key_prefix must be a plain name of at most {MAX_PREFIX} characters (ASCII letters, digits, "
+                f"'-', '_', '.'), not {prefix!r}: it is a Redis Cluster hash tag and part of ACL key patterns, "
+                "where '*', '?' and '[' are wildcards"
+            )
         lease = _positive(conf.get("redbeat_safe_lease"), DEFAULT_LEASE, "redbeat_safe_lease")
         if wait_replicas and wait_timeout > lease / 2:
             raise ImproperlyConfigured(
@@ -79,7 +95,9 @@ class Settings:
             tz = zone_name(app.timezone)
         except ScheduleError as exc:
             raise ImproperlyConfigured(f"redbeat_safe: the app's timezone cannot be used: {exc}") from None
+        shared = _shared_with_broker(app, topology)
         return cls(
+            warnings=topology.warnings + ((shared,) if shared else ()),
             redis_url=str(url or ""),
             key_prefix=prefix,
             redis_options=dict(options),
@@ -126,3 +144,70 @@ def _from_broker(app: Celery, options: dict[str, Any]) -> tuple[str | None, dict
         if transport.get("sentinel_kwargs"):
             options.setdefault("sentinel_kwargs", transport["sentinel_kwargs"])
     return url, options
+
+
+_LOOPBACK = ("", "localhost", "127.0.0.1", "::1")
+
+
+def _standalone_db(url: str, options: Mapping[str, Any]) -> tuple[str, str, int, int] | None:
+    """Where a redis://, rediss:// or unix:// URL points, down to the database, as
+    redis-py (``?db=`` first, then the path, then the db option) or kombu
+    (``?virtual_host=``) reads it; None when it cannot be told without I/O."""
+    try:
+        parts = urlsplit(url.strip())
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if parts.scheme == "unix":
+            where, port, path = ("unix", unquote(parts.path), 0), 0, ""
+        elif parts.scheme in ("redis", "rediss"):
+            host = (parts.hostname or "").lower()
+            where, port, path = ("tcp", "localhost" if host in _LOOPBACK else host, 0), parts.port or 6379, unquote(parts.path).strip("/")
+        else:
+            return None
+        db = query.get("db") or query.get("virtual_host") or path or options.get("db") or 0
+        return where[0], where[1], port, int(db)
+    except (TypeError, ValueError):
+        return None
+
+
+def _broker_urls(app: Celery) -> list[str]:
+    """Every URL the broker may use: kombu's failover lists, the write URL."""
+    out: list[str] = []
+    for value in (app.conf.broker_url, app.conf.get("broker_write_url")):
+        for url in value if isinstance(value, (list, tuple)) else [value or ""]:
+            out.extend(u.strip() for u in str(url).split(";") if u.strip())
+    return out
+
+
+def _shared_with_broker(app: Celery, topology: Topology) -> str | None:
+    """A warning when the store is a database the Celery broker uses too.
+
+    Nothing enforces the separation, but a shared database is one that an
+    operator clears (FLUSHDB) or bounds with an eviction policy for the
+    broker's sake, taking the schedules along, and one whose Redis user (the
+    workers') reaches the schedule keys. Host names are compared as written
+    (localhost and 127.0.0.1 are the same); no DNS.
+    """
+    brokers = _broker_urls(app)
+    found: str | None = None
+    if topology.kind == "standalone":
+        store = _standalone_db(topology.url, topology.options)
+        for url in brokers:
+            if store is not None and _standalone_db(url, {}) == store:
+                found, db = url, store[3]
+    elif topology.kind == "sentinel":
+        transport = app.conf.broker_transport_options or {}
+        nodes = {(h.lower(), p) for h, p in topology.nodes}
+        db = int(topology.options.get("db") or 0)
+        for url in brokers:
+            parts = urlsplit(url)
+            try:
+                node, broker_db = ((parts.hostname or "localhost").lower(), parts.port or 26379), int(parts.path.strip("/") or 0)
+            except ValueError:
+                continue
+            if parts.scheme == "sentinel" and transport.get("master_name") == topology.service_name and node in nodes and broker_db == db:
+                found = url
+    if found is None:
+        return None
+    return (f"redbeat_safe: the schedule store is the same Redis database as the Celery broker ({redact(found)}); "
+            f"give it a database of its own (e.g. /{db + 1} instead of /{db} in redbeat_safe_redis_url): clearing or evicting "
+            "the broker's database would take the schedules with it, and the broker's Redis user reaches them")

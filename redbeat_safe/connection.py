@@ -14,10 +14,13 @@ within seconds (the scheduler then logs one line and retries every
 from __future__ import annotations
 
 import inspect
+import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ssl import CERT_NONE
 from typing import Any, Literal, Union
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
 import redis
 from celery.exceptions import ImproperlyConfigured
@@ -26,6 +29,10 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
+
+#: A plain logger, without celery's NullHandler: in a process that set up no
+#: logging (the CLI, a script using the API) its warnings still reach stderr.
+logger = logging.getLogger(__name__)
 
 Client = Union[redis.Redis, RedisCluster]
 #: What a store call can raise when Redis is unavailable or moving; RedisCluster
@@ -75,6 +82,7 @@ class Topology:
     service_name: str = ""  #: sentinel only
     sentinel_kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  #: redis-py keyword arguments, defaults applied
+    warnings: tuple[str, ...] = ()  #: TLS that does not verify the server, logged once at the first connection
 
     def describe(self) -> str:
         """For the banner and logs: where, never a password."""
@@ -86,16 +94,67 @@ class Topology:
         return redact(self.url)
 
 
+#: Query parameters redis-py passes on as keyword arguments (it takes any name)
+#: that hold a secret: password, sentinel_password, ssl_password, a token, ...
+_SECRET_PARAM = re.compile(r"pass|secret|token|auth|cred", re.IGNORECASE)
+#: kombu-style failover lists: "url;url". A ';' inside a password is not a separator.
+_URL_LIST = re.compile(r";(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+MASK = "***"
+
+
 def redact(url: str) -> str:
-    """The URL without its passwords, for logs and banners."""
-    out = []
-    for part in url.split(";"):
-        parts = urlsplit(part)
-        if parts.password:
-            netloc = parts.netloc.rsplit("@", 1)[1]
-            parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
-        out.append(urlunsplit(parts))
-    return ";".join(out)
+    """The URL without its credentials, for the banner, logs and ``status``.
+
+    Masks the userinfo password and every query parameter redis-py would take
+    as a secret (``?password=``, ``?sentinel_password=``, ``?ssl_password=``,
+    percent-encoded names too: redis-py decodes them). A password with
+    unquoted ``/``, ``#``, ``@`` or ``=`` is still masked whole: the userinfo
+    is everything up to the last ``@`` before the query.
+    """
+    return ";".join(_redact_one(part) for part in _URL_LIST.split(url))
+
+
+def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    head, q, query = rest.partition("?")
+    if "@" not in head and "@" in query and "=" not in rest.split("@", 1)[0]:
+        # a '?' inside the password: the userinfo runs to the first '@'
+        userinfo, _, after = rest.partition("@")
+        head, q, query = after.partition("?")
+        head = f"{userinfo}@{head}"
+    if "@" in head:
+        userinfo, _, host = head.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        head = f"{user}:{MASK}@{host}" if colon else f"{userinfo}@{host}"
+    if q:
+        items = []
+        for item in query.split("&"):
+            name, eq, _value = item.partition("=")
+            items.append(f"{name}={MASK}" if eq and _SECRET_PARAM.search(unquote_plus(name)) else item)
+        query = "&".join(items)
+    return f"{scheme}{sep}{head}{q}{query}"
+
+
+#: How Redis words a refusal for lack of permission: the NOPERM reply of a command
+#: (NoPermissionError), and the plain error a script gets when a command it runs
+#: is outside the caller's ACL (Redis 7 checks scripts against it too).
+_NO_PERMISSION = ("The user executing the script can't", "no permissions to", "NOPERM")
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The message for an error that is Redis refusing this user, not Redis being
+    unavailable: a command or key outside the ACL, or bad credentials. Retrying
+    will not fix these, so the CLI and the beat report them as what they are
+    (``None``: some other error)."""
+    if isinstance(exc, redis.AuthenticationError):
+        return f"Redis refused: authentication failed ({exc}); check the user name and password"
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.ResponseError) and any(text in str(exc) for text in _NO_PERMISSION)
+    ):
+        return f"Redis refused: no permission ({exc}); check the ACL of the Redis user (docs/redis-topologies.md)"
+    return None
 
 
 def _fail(message: str) -> ImproperlyConfigured:
@@ -128,6 +187,16 @@ def _split_urls(url: str) -> list[Any]:
     return out
 
 
+def _host_port(part: Any, host: str, port: int) -> tuple[str, int]:
+    """(host, port) of a split URL; a bad port is refused without echoing it (it is
+    often a password with an unquoted '/', '#' or '?', which ends the host part)."""
+    try:
+        return part.hostname or host, part.port or port
+    except ValueError:
+        raise _fail("the port in redbeat_safe_redis_url is not a number; percent-encode '/', '#', '?' and '@' "
+                    "in a password (urllib.parse.quote(password, safe=''))") from None
+
+
 def _url_auth(parts: list[Any]) -> dict[str, Any]:
     """username, password and db from the first URL that names them."""
     found: dict[str, Any] = {}
@@ -139,7 +208,8 @@ def _url_auth(parts: list[Any]) -> dict[str, Any]:
         db = p.path.strip("/")
         if db and "db" not in found:
             if not db.isdigit():
-                raise _fail(f"the database in the URL must be a number, not {db!r}")
+                # not echoed: an unquoted '/' in a password puts the rest of it here
+                raise _fail("the database in the URL must be a number; percent-encode '/', '#', '?' and '@' in a password")
             found["db"] = int(db)
     return found
 
@@ -157,6 +227,52 @@ def _ssl(value: Any) -> dict[str, Any]:
             raise _fail(f"unknown ssl option {key!r} (use redis-py's ssl_* names, e.g. ssl_ca_certs)")
         out[name] = v
     return out
+
+
+def _false(value: Any) -> bool:
+    """redis-py's reading of a flag (its URL parser's ``to_bool``): "0", "no", "false" are False."""
+    if isinstance(value, str):
+        return value.strip().upper() in ("0", "F", "FALSE", "N", "NO")
+    return value is not None and not value
+
+
+def _verified(opts: dict[str, Any], url: str, what: str) -> tuple[str, ...]:
+    """Make a TLS connection check the server's host name, and say when it is not verified.
+
+    redis-py before 6.0 did not check host names unless asked, so with a
+    trusted CA a certificate issued to any other host would be accepted: we set
+    ``ssl_check_hostname=True`` unless the user set it (in the options or the
+    URL, which wins in redis-py's ``from_url``). ``ssl_cert_reqs`` none/None
+    turns verification off altogether (host names cannot be checked then);
+    "optional" is verified like "required" on the client side, so it is not
+    warned about.
+    """
+    given = {**opts, **{k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}}
+    reqs = given.get("ssl_cert_reqs", "required")
+    if reqs is None or (isinstance(reqs, str) and reqs.strip().lower() == "none") or (isinstance(reqs, int) and reqs == CERT_NONE):
+        # a host name cannot be checked without the certificate; redis-py 6.0 would
+        # refuse to connect ("Cannot set verify_mode to CERT_NONE when check_hostname is enabled")
+        if "ssl_check_hostname" not in given:
+            opts["ssl_check_hostname"] = False
+        return (f"redbeat_safe: TLS to {what} does not verify the server's certificate (ssl_cert_reqs={reqs!r}): anyone on "
+                "the network path can pose as Redis and read the schedule and the password; set ssl_cert_reqs='required' "
+                "and ssl_ca_certs",)
+    if "ssl_check_hostname" not in given:
+        opts["ssl_check_hostname"] = True
+    elif _false(given["ssl_check_hostname"]):
+        return (f"redbeat_safe: TLS to {what} does not check the server's host name (ssl_check_hostname={given['ssl_check_hostname']!r}): "
+                "a certificate the CA issued to any other host is accepted; remove ssl_check_hostname",)
+    return ()
+
+
+def warn_once(message: str) -> None:
+    """Log a configuration warning once per process: a beat connects more than once."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+_warned: set[str] = set()
 
 
 def parse(url: str, options: Mapping[str, Any]) -> Topology:
@@ -199,19 +315,24 @@ def parse(url: str, options: Mapping[str, Any]) -> Topology:
     if is_sentinel:
         if not service:
             raise _fail("Sentinel needs the monitored master's name: set service_name (or master_name) in redbeat_safe_redis_options")
-        nodes = [(p.hostname or "localhost", p.port or 26379) for p in parts] + sentinels
+        nodes = [_host_port(p, "localhost", 26379) for p in parts] + sentinels
         base.update(_url_auth(parts))
         base.update(opts)
+        warnings: tuple[str, ...] = ()
         if ssl is not None:
             base.update(ssl, ssl=True)
+            warnings += _verified(base, "", "the Redis primary")
+        if sentinel_kwargs.get("ssl"):
+            warnings += _verified(sentinel_kwargs, "", "the sentinels")
         for key in ("socket_timeout", "socket_connect_timeout"):
             sentinel_kwargs.setdefault(key, base[key])
         # an unreachable sentinel is skipped for the next one: retrying it only adds delay
         sentinel_kwargs.setdefault("retry", default_retry(0))
-        return Topology("sentinel", nodes=tuple(nodes), service_name=str(service), sentinel_kwargs=sentinel_kwargs, options=base)
+        return Topology("sentinel", nodes=tuple(nodes), service_name=str(service), sentinel_kwargs=sentinel_kwargs, options=base,
+                        warnings=warnings)
 
     if cluster:
-        nodes = [(p.hostname or "localhost", p.port or 6379) for p in parts] + startup
+        nodes = [_host_port(p, "localhost", 6379) for p in parts] + startup
         if not nodes:
             raise _fail("Cluster needs startup nodes: a redis+cluster://host:port URL or the startup_nodes option")
         auth = _url_auth(parts)
@@ -220,9 +341,11 @@ def parse(url: str, options: Mapping[str, Any]) -> Topology:
         opts.pop("db", None)
         base.update(auth)
         base.update(opts)
+        warnings = ()
         if scheme == "rediss+cluster" or ssl is not None:
             base.update(ssl or {}, ssl=True)
-        return Topology("cluster", nodes=tuple(nodes), options=base)
+            warnings = _verified(base, "", "the cluster nodes")
+        return Topology("cluster", nodes=tuple(nodes), options=base, warnings=warnings)
 
     if not url:
         raise _fail("set redbeat_safe_redis_url (e.g. 'redis://localhost:6379/0'), or sentinels or startup_nodes in redbeat_safe_redis_options")
@@ -233,7 +356,8 @@ def parse(url: str, options: Mapping[str, Any]) -> Topology:
             raise _fail(f"ssl options were given for a {scheme}:// URL; use rediss://")
         base.update(ssl)
     base.update(opts)
-    return Topology("standalone", url=url, nodes=((parts[0].hostname or "", parts[0].port or 6379),), options=base)
+    warnings = _verified(base, url, "Redis") if scheme == "rediss" else ()
+    return Topology("standalone", url=url, nodes=(_host_port(parts[0], "", 6379),), options=base, warnings=warnings)
 
 
 class _SentinelRedis(redis.Redis):
@@ -250,6 +374,8 @@ class _SentinelRedis(redis.Redis):
 
 def connect(topology: Topology) -> Client:
     """redis-py's own client for the topology (RedisCluster connects right away)."""
+    for message in topology.warnings:
+        warn_once(message)
     opts = dict(topology.options)
     if topology.kind == "standalone":
         return redis.Redis.from_url(topology.url, **opts)

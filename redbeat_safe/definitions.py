@@ -55,6 +55,68 @@ _REFUSED_CATEGORIES = {"Cc": "control character", "Cs": "invalid character", "Cf
 HIDDEN_CATEGORIES = frozenset(_REFUSED_CATEGORIES)
 
 
+#: Message headers Celery itself writes (task protocol 2) and the ones redbeat_safe
+#: adds. A user header of the same name would replace them when Celery sends the
+#: message (its send_task_message applies ``headers`` over its own), so the worker
+#: would run another task or id than the entry shows: refused.
+RESERVED_HEADERS = frozenset({
+    # the protocol-2 headers of every task message
+    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit", "root_id",
+    "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting", "stamped_headers",
+    "stamps", "celery_beat_task",
+    # what a worker copies from the headers into task.request (celery.app.task.Context): a header
+    # "headers" there is passed on by Task.retry(), whose message would carry its task and id
+    "args", "kwargs", "headers", "callbacks", "errbacks", "chain", "chord", "children", "correlation_id",
+    "delivery_info", "reply_to", "hostname", "is_eager", "called_directly", "properties", "taskset", "utc",
+    "logfile", "loglevel", "time_limit", "soft_time_limit", "compression", "clear", "get", "update",
+    "as_execution_options",
+})
+RESERVED_HEADER_PREFIX = "redbeat_safe_"
+#: Routing options. On a Redis broker a queue name is a key name, so one that
+#: looks like ours (braces: ``{prefix}:...``) or like kombu's own bookkeeping
+#: could write into keys that are not queues.
+ROUTING_OPTIONS = ("queue", "exchange", "routing_key")
+_KOMBU_KEYS = ("unacked", "unacked_index", "unacked_mutex")
+
+
+def _check_headers(headers: Mapping[str, Any], where: str) -> None:
+    for key in headers:
+        if not isinstance(key, str):
+            raise DefinitionError(f"{where}: header names must be strings, not {key!r:.40}")
+        if key in RESERVED_HEADERS or key.startswith(RESERVED_HEADER_PREFIX):
+            raise DefinitionError(
+                f"{where}: header {key!r} is Celery's or redbeat_safe's own and cannot be set by an entry "
+                f"(reserved: {', '.join(sorted(RESERVED_HEADERS))}, and every {RESERVED_HEADER_PREFIX}* name)"
+            )
+
+
+#: kombu's publish retry runs inside the beat's publish: a policy without bounds
+#: (max_retries None, hour-long intervals) would hold every other entry of that beat,
+#: then of the beat that reaps the tick. At most ~10 s in all, the default lease.
+RETRY_POLICY_BOUNDS = {"max_retries": 10, "interval_start": 1.0, "interval_step": 1.0, "interval_max": 1.0}
+
+
+def _check_retry_policy(policy: Mapping[str, Any], where: str) -> None:
+    for key, value in policy.items():
+        bound = RETRY_POLICY_BOUNDS.get(key)
+        if bound is None:
+            raise DefinitionError(f"{where}: retry_policy key {key!r} is not one of {', '.join(RETRY_POLICY_BOUNDS)}")
+        whole = key == "max_retries"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or not 0 <= value <= bound:
+            raise DefinitionError(f"{where}: retry_policy {key!r} must be a {'whole ' if whole else ''}number from 0 to {bound:g}"
+                                  f"{'' if whole else ' seconds'} (a publish retry holds the beat), not {value!r:.40}")
+
+
+def _check_routing(key: str, value: str, where: str) -> None:
+    if "{" in value or "}" in value:
+        raise DefinitionError(f"{where}: option {key!r} {value!r:.80} contains a brace; braces mark redbeat_safe's keys and are refused")
+    if value.startswith("_kombu.") or value in _KOMBU_KEYS:
+        raise DefinitionError(f"{where}: option {key!r} {value!r:.80} is one of kombu's own Redis keys")
+    bad = next((c for c in value if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
+    if bad is not None:
+        raise DefinitionError(f"{where}: option {key!r} contains the {_REFUSED_CATEGORIES[unicodedata.category(bad)]} U+{ord(bad):04X}")
+
+
 class DefinitionError(ValueError):
     """An entry that cannot be stored; the message names the entry and the problem."""
 
@@ -142,6 +204,12 @@ def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise DefinitionError(f"{where}: priority must be between 0 and 255")
         if key in ("expires", "time_limit", "soft_time_limit", "countdown") and number < 0:
             raise DefinitionError(f"{where}: option {key!r} must not be negative")
+        if key == "headers":
+            _check_headers(number, where)
+        if key in ROUTING_OPTIONS:
+            _check_routing(key, number, where)
+        if key == "retry_policy":
+            _check_retry_policy(number, where)
         out[key] = _plain(value, f"{where}: option {key!r}")
     return out
 

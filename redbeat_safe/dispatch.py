@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 
-from .definitions import EntryDef
+from .definitions import RESERVED_HEADER_PREFIX, RESERVED_HEADERS, EntryDef
 
 #: Fixed namespace: the same (prefix, entry, tick) gives the same task id on
 #: every host and every release, so consumers can deduplicate on it.
@@ -32,10 +32,16 @@ def task_id_for(prefix: str, name: str, tick_ms: int) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
+def _reserved(header: Any) -> bool:
+    return not isinstance(header, str) or header in RESERVED_HEADERS or header.startswith(RESERVED_HEADER_PREFIX)
+
+
 def message_options(entry: EntryDef, prefix: str, tick_ms: int, trigger: bool = False, instance: str | None = None) -> dict[str, Any]:
     """apply_async options: the entry's own, its headers merged with ours."""
     options = dict(entry.options)
-    headers = dict(options.pop("headers", None) or {})
+    # definitions with reserved headers are refused when written; dropping them here
+    # too means no path can hand Celery a header that replaces its task or id
+    headers = {k: v for k, v in (options.pop("headers", None) or {}).items() if not _reserved(k)}
     headers.update({HEADER_ENTRY: entry.name, HEADER_TICK: int(tick_ms), "celery_beat_task": True})
     if trigger:
         headers[HEADER_TRIGGER] = True

@@ -32,6 +32,7 @@ logger = logging.getLogger("redbeat_safe")
 BATCH = 200
 REAP_BATCH = 100
 _CACHE_LIMIT = 100_000
+_NOT_CACHED: tuple[str, EntryDef | None] = ("", None)
 #: A pass that made no progress (every claim lost a race) waits at least this
 #: long before the next, so no record, however read, can make the loop spin.
 NO_PROGRESS_SLEEP = 0.05
@@ -88,7 +89,9 @@ class Engine:
         #: claims this instance holds and has not published: member -> its lease deadline (server ms)
         self._unpublished: dict[str, int] = {}
         self._server_now = 0  #: the server's clock at the latest peek or claim
-        self._defs: dict[tuple[str, str], EntryDef] = {}
+        #: entry -> (definition hash, parsed definition): one version per entry, the one
+        #: its state names, so memory follows the number of entries, not of changes
+        self._defs: dict[str, tuple[str, EntryDef]] = {}
         #: entry -> {problem: when it was last logged (monotonic)}; cleared when the entry is claimed again
         self._reported: dict[str, dict[str, float]] = {}
         #: entries whose claim lost with nothing changed: name -> (score, version) it lost with
@@ -284,7 +287,8 @@ class Engine:
         """One claim per due entry. One the engine cannot read is sent to the claim to be
         checked (the script sets it aside if its records are damaged; a change racing
         this pass is no damage), one it cannot follow is parked (entry None)."""
-        missing = {d.name: d.definition_hash for d in peek.due if d.version >= 0 and (d.name, d.definition_hash) not in self._defs}
+        defs = self._defs
+        missing = {d.name: d.definition_hash for d in peek.due if d.version >= 0 and defs.get(d.name, _NOT_CACHED)[0] != d.definition_hash}
         if missing:
             names = sorted(missing)
             for name, raw in zip(names, self.store.definitions(names), strict=True):
@@ -296,13 +300,14 @@ class Engine:
                 except DefinitionError as exc:
                     self._unreadable[(name, dh)] = str(exc)
                     continue
-                if len(self._defs) > _CACHE_LIMIT:
-                    self._defs.clear()
-                self._defs[(name, dh)] = parsed
+                if len(defs) >= _CACHE_LIMIT and name not in defs:
+                    defs.clear()  # entries removed since: start again from what is due
+                defs[name] = (dh, parsed)
         items: list[tuple[ClaimItem, EntryDef | None]] = []
         s = self.settings
         for d in peek.due:
-            entry = None if d.version < 0 else self._defs.get((d.name, d.definition_hash))
+            cached = defs.get(d.name, _NOT_CACHED)
+            entry = cached[1] if d.version >= 0 and cached[0] == d.definition_hash else None
             if self._stuck.get(d.name) == (b"", -2):
                 del self._stuck[d.name]
                 items.append((self._park(d, "its claim kept failing although nothing changed (the store and this beat read it differently)"), None))

@@ -23,7 +23,7 @@ from kombu.utils.objects import cached_property
 from redis import exceptions as rx
 
 from .config import Settings
-from .connection import STORE_ERRORS, Client, connect
+from .connection import STORE_ERRORS, Client, connect, refusal, warn_once
 from .definitions import DefinitionError, EntryDef, from_beat_entry
 from .dispatch import confirming, publish
 from .engine import Engine, PublishError
@@ -43,7 +43,12 @@ _REFUSAL_EVERY = 300.0
 
 
 def is_refusal(exc: BaseException) -> bool:
-    """Whether a store error is Redis refusing a command, not Redis being unavailable."""
+    """Whether a store error is Redis refusing a command, not Redis being unavailable.
+
+    Bad credentials are a refusal too, though redis-py raises them as a
+    connection error: retrying will not fix them, and "unavailable" misleads."""
+    if refusal(exc) is not None:
+        return True
     if not isinstance(exc, rx.ResponseError) or isinstance(exc, _TRANSIENT_REPLIES):
         return False
     return not str(exc).startswith(_TRANSIENT_PREFIXES)
@@ -71,18 +76,25 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._outage_since: float | None = None
         self._retry = 0.5
         self._refusals: dict[str, float] = {}
+        self._failures: dict[str, float] = {}
         self._unknown_tasks: set[str] = set()
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
     # -- Celery's contract -------------------------------------------------
     def setup_schedule(self) -> None:
         """Validate the static schedule (refusing bad input), then register it."""
+        for message in self.settings.warnings:  # once, at start: Celery has set up logging by now, unlike for the banner
+            warn_once(message)
         self.static_entries = self._static_from_config()
         self.data: dict[str, Any] = {}
         try:
             self._register()
         except STORE_ERRORS as exc:  # tick() registers once Redis answers
             self._refused(exc) if is_refusal(exc) else self._outage(exc)
+        except ImproperlyConfigured:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as in tick(): logged, and tick() registers again
+            self._failed(exc)
 
     @property
     def info(self) -> str:
@@ -115,6 +127,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 delay = self.engine.run_once()
         except STORE_ERRORS as exc:
             return self._refused(exc) if is_refusal(exc) else self._outage(exc)
+        except ImproperlyConfigured:
+            raise  # the static schedule refused at registration: the beat must not start
+        except Exception as exc:  # noqa: BLE001 - the backstop: a bug or an unforeseen record must not end the beat
+            return self._failed(exc)
         finally:
             self._ticking = False
             if self._closed:  # close() ran in a signal handler during this tick
@@ -255,8 +271,28 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if len(self._refusals) > 100:
                 self._refusals.clear()
             self._refusals[message] = now
-            logger.error("redbeat_safe: Redis refused a command (%s); not an outage: a damaged key, a missing ACL permission "
-                         "or a bug. Retrying every %.1fs", message, float(self.max_interval))
+            said = refusal(exc)
+            if said is not None:
+                logger.error("redbeat_safe: %s. Retrying every %.1fs", said, float(self.max_interval))
+            else:
+                logger.error("redbeat_safe: Redis refused a command (%s); not an outage: a damaged key, a missing ACL "
+                             "permission or a bug. Retrying every %.1fs", message, float(self.max_interval))
+        return float(self.max_interval)
+
+    def _failed(self, exc: Exception) -> float:
+        """An exception no layer below handled. Every other beat keeps firing (their
+        claims do not depend on this one), and whatever this pass claimed is re-published
+        by a reaper when its lease ends, so retrying the pass loses nothing. The same
+        failure is logged with its traceback once per 5 minutes, not once per loop."""
+        message = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._failures.get(message, -_REFUSAL_EVERY) >= _REFUSAL_EVERY:
+            if len(self._failures) > 100:
+                self._failures.clear()
+            self._failures[message] = now
+            logger.error("redbeat_safe: a scheduling pass failed (%s); retrying in %.1fs, its claims are re-published when "
+                         "their leases end. Please report this with the traceback", message, float(self.max_interval),
+                         exc_info=True)
         return float(self.max_interval)
 
     def _outage(self, exc: Exception) -> float:

@@ -137,25 +137,60 @@ class Schedule(BaseSchedule):  # type: ignore[misc]
         return n
 
     def latest_ticks(self, tick_ms: int, upto_ms: int, count: int) -> list[int]:
-        """The last ``count`` ticks in [tick_ms, upto_ms], oldest first.
+        """The last ``count`` ticks in [tick_ms, upto_ms], oldest first (``tick_ms`` is a tick).
 
-        Searches backwards from ``upto_ms`` in growing windows, so a long
-        downtime costs work in proportion to the ticks wanted, not missed.
+        Found backwards from ``upto_ms``, one tick at a time, by searching rather
+        than walking: the cost is O(count x log(span)) tick computations whatever
+        lies between. A walk forward through the window once cost 2.7M
+        computations (58 s, every beat at once) for "every second in January"
+        planned in December.
         """
-        window = 2000
+        if upto_ms < tick_ms or count < 1:
+            return []
+        found: list[int] = []
+        hi, hint = upto_ms, 1000
+        while len(found) < count:
+            last = self._last_at_or_before(tick_ms, hi, hint)
+            if found:
+                hint = max(1, found[-1] - last)
+            found.append(last)
+            if last <= tick_ms:
+                break
+            hi = last - 1
+        found.reverse()
+        return found
+
+    def _last_at_or_before(self, tick_ms: int, hi: int, hint: int) -> int:
+        """The last tick in [tick_ms, hi] (tick_ms itself when there is none later).
+
+        ``first(x)``, the first tick >= x, grows with x: an exponential step back
+        from ``hi`` (from ``hint``, the previous gap) finds a tick <= hi, then a
+        bisection that jumps to the ticks it meets finds the last one, in
+        O(log(hi - tick_ms)) calls of ``next_after``.
+        """
+        def first(x: int) -> int | None:
+            t = self.at_or_after(tick_ms, x)
+            return t if t is not None and t <= hi else None
+
+        step, good = max(1, hint), tick_ms
+        while hi - step > tick_ms:
+            t = first(hi - step)
+            if t is not None:
+                good = t
+                break
+            step *= 2
+        bad = hi + 1  # invariant: good is a tick <= hi; no tick in [bad, hi]
         while True:
-            low = max(tick_ms, upto_ms - window)
-            start = self.at_or_after(tick_ms, low)
-            found: list[int] = []
-            current = start
-            while current is not None and current <= upto_ms:
-                found.append(current)
-                if len(found) > count:
-                    del found[0]
-                current = self.next_after(current)
-            if len(found) >= count or low == tick_ms:
-                return found
-            window *= 4
+            nxt = first(good + 1)
+            if nxt is None:
+                return good
+            good = nxt
+            mid = (good + bad) // 2
+            t = first(mid) if mid > good else None
+            if t is not None:
+                good = t
+            elif mid > good:
+                bad = mid
 
     def _bounded(self, tick: int | None) -> int | None:
         if tick is None or tick > MAX_TICK_MS:
@@ -384,7 +419,10 @@ class pattern(Schedule):
     def _raw_next(self, after_ms: int) -> int:
         if self.start_ms is not None and after_ms < self.start_ms:
             after_ms = self.start_ms - 1
-        return cron.next_after(self.expr, self._seconds, self.day_and, self._wildcard_hour, self.tz, after_ms)
+        try:
+            return cron.next_after(self.expr, self._seconds, self.day_and, self._wildcard_hour, self.tz, after_ms)
+        except (OverflowError, ValueError):  # past year 9999 (datetime's end): no next tick, not an error
+            return MAX_TICK_MS + 1
 
     def first_after(self, now_ms: int) -> int | None:
         return self.next_after(now_ms)

@@ -113,7 +113,25 @@ def _b(value: Any) -> Any:
 
 
 def _opt_int(value: Any) -> int | None:
-    return None if value in (b"", "", None, False) else int(float(_s(value)))
+    """A tick a script returned ('' for none); anything else that is not whole ms is none too."""
+    return None if value in (b"", "", None, False) else whole_ms(value)
+
+
+def _count(value: Any) -> int:
+    """A counter as stored (planted records may hold anything): 0 unless a whole number >= 0."""
+    try:
+        n = int(_s(value))
+    except (TypeError, ValueError):
+        return 0
+    return n if n >= 0 else 0
+
+
+def _deadline(score: float) -> int:
+    """A sorted-set score as ms; one planted beyond any tick (inf) reads as the last one,
+    one before any (-inf) as 0, so views can show it instead of failing."""
+    if score != score:  # NaN cannot be a score, but stay total
+        return 0
+    return int(min(max(score, 0), MAX_TICK_MS))
 
 
 def definition_hash(raw: bytes | str) -> str:
@@ -565,15 +583,15 @@ class RedisStore:
         results: list[Any] = pipe.execute()
         members, raw_infos, raw_stats = results
         infos = {_s(i): v for i, v in raw_infos.items()}
-        stats = {_s(i): int(v) for i, v in raw_stats.items()}
-        rows = [(_s(i), int(score), infos.get(_s(i)), stats.get(_s(i), 0)) for i, score in members]
+        stats = {_s(i): _count(v) for i, v in raw_stats.items()}
+        rows = [(_s(i), _deadline(score), infos.get(_s(i)), stats.get(_s(i), 0)) for i, score in members]
         return now, rows
 
     def inflight(self) -> list[tuple[str, int]]:
         """Every claimed, unacknowledged tick with its lease deadline."""
         rows: list[Any] = self.client.zrange(self.keys.inflight, 0, -1, withscores=True)
-        return [(_s(m), int(score)) for m, score in rows]
+        return [(_s(m), _deadline(score)) for m, score in rows]
 
     def due_between(self, low_ms: int, high_ms: int) -> list[tuple[str, int]]:
         rows: list[Any] = self.client.zrangebyscore(self.keys.due, low_ms, high_ms, withscores=True)
-        return [(_s(n), int(s)) for n, s in rows]
+        return [(_s(n), _deadline(s)) for n, s in rows]

@@ -52,7 +52,7 @@ def export(store: RedisStore) -> dict[str, Any]:
             continue
         try:
             definition = json.loads(row.definition)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # damaged or planted: not exported
             continue
         entries.append({
             "name": row.name,

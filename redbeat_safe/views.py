@@ -21,6 +21,11 @@ def _dt(ms: int | None) -> datetime | None:
         return None
 
 
+def _whole(value: Any) -> bool:
+    """A JSON integer (not a bool, not a float) a time can be made of."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+
+
 def _iso(d: datetime | None) -> str | None:
     return None if d is None else d.isoformat()
 
@@ -112,16 +117,21 @@ class Dispatch:
     kind: str  #: scheduled, republished (by the reaper), triggered, refused (the task would not take it)
 
     @classmethod
-    def from_record(cls, raw: bytes) -> Dispatch:
-        data = json.loads(raw)
-        return cls(
-            tick=ms_to_datetime(int(data["tick"])),
-            tick_ms=int(data["tick"]),
-            task_id=str(data["id"]),
-            instance=str(data["by"]),
-            published_at=ms_to_datetime(int(data["at"])),
-            kind=KINDS.get(str(data["kind"]), str(data["kind"])),
-        )
+    def from_record(cls, raw: bytes) -> Dispatch | None:
+        """None for a record this version did not write (planted, damaged, truncated):
+        a history is read by operators, and one bad record must not hide the rest."""
+        try:
+            data = json.loads(raw)
+            tick, at, kind = data["tick"], data["at"], data["kind"]
+            if not (_whole(tick) and _whole(at) and isinstance(kind, str) and isinstance(data["id"], str)):
+                return None
+            tick_at, published = _dt(tick), _dt(at)
+            if tick_at is None or published is None:
+                return None
+            return cls(tick=tick_at, tick_ms=tick, task_id=data["id"], instance=str(data["by"]), published_at=published,
+                       kind=KINDS.get(kind, kind))
+        except (ValueError, TypeError, KeyError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -151,20 +161,23 @@ class Instance:
     @classmethod
     def from_row(cls, now: int, instance: str, deadline: int, raw_info: bytes | None, published: int) -> Instance:
         try:
-            info: dict[str, Any] = json.loads(raw_info) if raw_info else {}
-        except ValueError:
+            info = json.loads(raw_info) if raw_info else {}
+        except (ValueError, RecursionError):
             info = {}
-        ttl = info.get("ttl")
+        if not isinstance(info, dict):  # a planted or damaged record: shown with what is known
+            info = {}
+        ttl, pid, static = info.get("ttl"), info.get("pid"), info.get("static")
+        heartbeat = deadline - ttl if isinstance(ttl, int) and _whole(ttl) else -1
         return cls(
             id=instance,
             host=str(info.get("host", "?")),
-            pid=int(info.get("pid", 0)),
+            pid=pid if isinstance(pid, int) and _whole(pid) else 0,
             version=str(info.get("version", "?")),
-            started=_dt(info.get("started")),
-            last_heartbeat=_dt(deadline - int(ttl)) if isinstance(ttl, int) else None,
+            started=_dt(info["started"]) if _whole(info.get("started")) else None,
+            last_heartbeat=_dt(heartbeat) if heartbeat >= 0 else None,
             alive=deadline > now,
             ticks_dispatched=published,
-            static_entries=len(info.get("static", [])),
+            static_entries=len(static) if isinstance(static, list) else 0,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -79,3 +79,28 @@ class CrashingEngine(Engine):
 
 class CrashingScheduler(Scheduler):
     engine_class = CrashingEngine
+
+
+class BuggyEngine(Engine):
+    """Raises an unforeseen exception in its first BEAT_BUG_REGISTER registrations and
+    in passes BEAT_BUG_FROM..BEAT_BUG_TO (counted from 1): a stand-in for a bug or a
+    record no parser foresaw."""
+
+    passes = 0
+    registrations = 0
+
+    def register(self) -> Any:
+        BuggyEngine.registrations += 1
+        if BuggyEngine.registrations <= int(env.get("BEAT_BUG_REGISTER", "0")):
+            raise KeyError("planted bug in registration")
+        return super().register()
+
+    def run_once(self) -> float:
+        BuggyEngine.passes += 1
+        if int(env.get("BEAT_BUG_FROM", "2")) <= BuggyEngine.passes <= int(env.get("BEAT_BUG_TO", "6")):
+            raise KeyError("planted bug")
+        return super().run_once()
+
+
+class BuggyScheduler(Scheduler):
+    engine_class = BuggyEngine

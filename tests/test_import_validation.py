@@ -180,3 +180,21 @@ def test_an_import_document_is_refused_whole_or_imported_whole(fuzz_store: Redis
     assert all(math.isfinite(s) for _, s in client.zrange(fuzz_store.keys.due, 0, -1, withscores=True))
     again = import_export(fuzz_store, out)  # and an export imports back unchanged
     assert set(again.results.values()) <= {"unchanged"}
+
+
+def test_a_last_tick_at_the_end_of_time_imports_as_finished_without_a_traceback(
+    beats: BeatGroup, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Found in review: a pattern's next tick after year 9999 raised OverflowError in the
+    cron arithmetic (exit 1, a traceback, the entries before it written). A schedule has
+    no tick after its last possible one: the entry imports finished, the others as given."""
+    late = {"task": "t", "schedule": pattern("0 3 * * *", tz="Europe/Berlin").to_json(), "args": [], "kwargs": {}, "options": {}}
+    path = tmp_path / "late.json"
+    path.write_text(json.dumps(document(item("a"), item("late", definition=late, next_tick_ms=None, last_tick_ms=253402300000000),
+                                        item("z", enabled=False))))
+    done = cli(beats, "import", str(path), "--json")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert json.loads(done.stdout)["results"] == {"a": "created", "late": "created", "z": "created"}
+    entries = {e.name: e for e in Schedules(make_app(redis_server, beats.prefix)).list()}
+    assert entries["late"].next_tick is None and entries["late"].problem is None
+    assert entries["a"].next_tick is not None

@@ -185,3 +185,26 @@ def test_a_trigger_whose_publish_failed_after_a_beat_took_it_over_is_not_sent_ag
     assert len(fleet.ticks("t")) == 1
     again = trigger(store, "t", lambda e, n, tick: sent.append(tick), lease_ms=1000, caller="op", request_id="req-1")
     assert sent == [] and again == fleet.sent[0].task_id
+
+
+def test_a_trigger_never_takes_the_entrys_next_tick_whatever_grid_the_caller_gives(redis_server: RedisServer, prefix: str) -> None:
+    """Found by the property test: a caller that passes another grid (anchor 0 for an
+    `every` entry whose ticks fall on ...196 ms) got the entry's next scheduled tick as
+    its trigger tick, so one task id was published twice, by the caller and by a beat.
+    The script now takes the grid from the entry's due score itself."""
+    fleet = Fleet(redis_server.client(), prefix, lease_ms=1000)
+    store = fleet.store()
+    from redbeat_safe import registry
+    from redbeat_safe.definitions import build
+
+    fleet.clock.advance(196)
+    registry.upsert(store, [build("t", "t", every(1), default_tz="UTC")], "api")
+    _, rows = store.read(["t"])
+    assert rows[0].score is not None and rows[0].state is not None
+    due, version = int(rows[0].score), rows[0].state.version
+    assert due % 1000 != 0  # off the whole-second grid the caller will give
+    for k in range(3):
+        fleet.clock.set(due + k * 1000)  # "now" is one of the entry's own ticks
+        got = store.trigger("t", f"req-{k}", "op", version, 1000, 0, 1000)
+        assert got.outcome == "claimed" and got.tick is not None
+        assert (got.tick - due) % 1000 != 0, (got.tick, due)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from celery.schedules import crontab, schedule, solar
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redbeat_safe import ScheduleError, every, pattern
@@ -254,3 +254,63 @@ def test_every_and_pattern_also_work_under_celerys_default_scheduler(tmp_path: P
     finally:
         s.close()
     assert pickle.loads(pickle.dumps(every(5, limit=2))) == every(5, limit=2)
+
+
+# -- the latest ticks before now, found by searching (issue 12, finding 3) -----------
+
+def walk_latest(s: Schedule, tick: int, upto: int, count: int) -> list[int]:
+    """The reference: every tick from ``tick`` to ``upto``, the last ``count`` kept."""
+    out: list[int] = []
+    current: int | None = tick
+    while current is not None and current <= upto:
+        out.append(current)
+        current = s.next_after(current)
+    return out[-count:]
+
+
+LATEST_PATTERNS = ["*/1 * * * * *", "*/7 * * * * *", "0 30 2 * * *", "0 0 * * 1-5", "15 3 * 3 0", "30 1,2,3 * * *",
+                   "0 0 1 * *", "*/13 * 2 * * *", "59 59 23 31 12 *"]
+
+
+@settings(deadline=None)
+@given(expr=st.sampled_from(LATEST_PATTERNS), tz=st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kathmandu"]),
+       offset=st.integers(0, 40 * 86_400_000), span=st.integers(0, 3 * 86_400_000), count=st.integers(1, 30),
+       end=st.one_of(st.none(), st.integers(0, 3 * 86_400_000)))
+def test_latest_ticks_are_the_last_ticks_a_walk_finds(expr: str, tz: str, offset: int, span: int, count: int, end: int | None) -> None:
+    """Around DST changes (March, November 2027 in the span), with and without an end."""
+    if expr.startswith("*/"):
+        span %= 7_200_000  # the reference walks every tick: two hours of seconds at most
+    base = pattern(expr, tz=tz)
+    first = base.first_after(T0 + 40 * 86_400_000 + offset - 1)  # late Feb .. early April 2027
+    assert first is not None
+    s = base if end is None else pattern(expr, tz=tz, end=datetime.fromtimestamp((first + end) / 1000, UTC))
+    assert s.latest_ticks(first, first + span, count) == walk_latest(s, first, first + span, count)
+
+
+class Counted(pattern):
+    """A pattern that counts its tick computations."""
+
+    calls = 0
+
+    def next_after(self, tick_ms: int) -> int | None:
+        Counted.calls += 1
+        return super().next_after(tick_ms)
+
+
+def test_an_old_due_tick_of_a_dense_pattern_costs_a_bounded_search() -> None:
+    """Every second of January, due on 1 January and planned on 15 December: the
+    walk forward took 2.7M computations (58 s in a beat, every beat at once). The
+    search takes a few hundred and finds the same last ticks of January."""
+    jan = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    dec = int(datetime(2026, 12, 15, tzinfo=UTC).timestamp() * 1000)
+    s = Counted("* * * * 1 *", tz="UTC")
+    Counted.calls = 0
+    got = s.latest_ticks(jan, dec, 3)
+    end_of_jan = int(datetime(2026, 2, 1, tzinfo=UTC).timestamp() * 1000)
+    assert got == [end_of_jan - 3000, end_of_jan - 2000, end_of_jan - 1000]
+    assert Counted.calls < 500, Counted.calls
+    Counted.calls = 0
+    assert len(s.latest_ticks(jan, dec, 100)) == 100
+    assert Counted.calls < 2000, Counted.calls  # a few per tick once the first is found
+    plans = plan(s, jan, dec, 0, policy="all", grace_ms=1000, max_catchup=100)
+    assert plans.fire[-1] == end_of_jan - 1000 and plans.next is not None and plans.next > dec

@@ -30,9 +30,11 @@ redis.call('ZADD', KEYS[7], now + tonumber(ARGV[3]), instance)
 local dead = #redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 1)
 
 local out = {now, redis.call('HGET', KEYS[8], 'epoch') or '', dead, redis.call('HEXISTS', KEYS[9], instance)}
-local future = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+-- bounded by the last tick there can be: a score planted beyond it (inf) is never
+-- due, and never what a beat sleeps towards
+local future = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, int_json(MAX_TICK), 'WITHSCORES', 'LIMIT', 0, 1)
 out[#out + 1] = future[2] or ''
-local leased = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local leased = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, int_json(MAX_TICK), 'WITHSCORES', 'LIMIT', 0, 1)
 out[#out + 1] = leased[2] or ''
 
 local count = redis.call('ZCOUNT', KEYS[2], '-inf', now)

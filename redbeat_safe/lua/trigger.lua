@@ -5,7 +5,8 @@
 -- so two triggers never share a task id, even across a clock step back.
 -- KEYS: request record, due, state, defs, inflight, flight, holder
 -- ARGV: record ttl ms, caller id, name, expected version, grid step ms,
---       grid anchor ms, lease ms, mode ('claim' | 'cancel')
+--       grid anchor ms (used only when the entry has no next tick: paused),
+--       lease ms, mode ('claim' | 'cancel')
 -- Returns ('claim'): {tick, 'claimed'} publish it now, then acknowledge it;
 --   {tick, 'sent'} this request was published already; {tick, 'taken'} its
 --   lease ran out and a beat re-leased it, which publishes it; {false, why}
@@ -70,6 +71,11 @@ if st.ver ~= tonumber(ARGV[4]) then return {false, 'changed'} end
 local def = redis.call('HGET', KEYS[4], name)
 if not def_matches(def, st) then return {false, 'its definition is missing or does not match its state'} end
 local step, anchor = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- The entry's next tick is on its grid (an every's anchor + k * step; a pattern's
+-- whole seconds): taken from the due score here rather than trusted from the
+-- caller, whose anchor could be another grid and land on a scheduled tick.
+local due = redis.call('ZSCORE', KEYS[2], name)
+if due then anchor = tonumber(due) end
 local tick = math.max(now, st.trig + 1)
 while (tick - anchor) % step == 0 or tick == st.last
     or redis.call('ZSCORE', KEYS[5], int_json(tick) .. ':' .. name) do
