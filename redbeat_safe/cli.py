@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import click
 import redis
 
+from . import health as health_checks
 from .api import EntryDamaged, EntryNotFound, Schedules
 from .connection import STORE_ERRORS, redact, refusal
 from .definitions import HIDDEN_CATEGORIES, DefinitionError
@@ -287,6 +288,25 @@ def history(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
               f"{(_ms(d.published_at) or 0) - d.tick_ms:+d} ms") for d in rows]
     _emit(as_json, [d.as_dict() for d in rows],
           lambda: _table(("TICK", "KIND", "TASK ID", "BY", "PUBLISHED"), table) if table else "no dispatches yet")
+
+
+@schedules.command()
+@click.option("--min-beats", type=click.IntRange(min=0), default=health_checks.DEFAULT_MIN_BEATS, show_default=True,
+              help="Fail when fewer beats are alive.")
+@click.option("--max-late", default=f"{health_checks.DEFAULT_MAX_LATE_S:g}s", show_default=True,
+              help="Fail when an enabled entry's next tick, or an in-flight tick's lease, is older than this.")
+@json_option
+@click.pass_context
+@_handled
+def health(ctx: click.Context, min_beats: int, max_late: str, as_json: bool) -> None:
+    """Exit 0 when Redis answers, enough beats are alive and nothing is late; else 1,
+    one line per failed check (for probes and cron checks)."""
+    api = _api(ctx)
+    result = health_checks.check(api.store, min_beats=min_beats, max_late_s=parse_interval(max_late),
+                                 redis_url=api.settings.redis_url)
+    _emit(as_json, result.as_dict(), lambda: "ok: " + f"{result.beats_alive} beat(s) alive, nothing late" if result.ok
+          else "\n".join(_shown(line) for line in result.failures))
+    sys.exit(0 if result.ok else 1)
 
 
 @schedules.command()

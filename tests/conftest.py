@@ -106,10 +106,14 @@ def beats_factory(tmp_path: Path) -> Iterator[Callable[[RedisServer, str], BeatG
         g.stop_all()
 
 
-def cli(group: BeatGroup, *args: str, prefix: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`celery -A beatapp schedules ARGS` as a real subprocess, configured like the group's beats."""
+def cli(group: BeatGroup, *args: str, prefix: str | None = None, stdin: str | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`celery -A beatapp schedules ARGS` as a real subprocess, configured like the group's
+    beats (``env``: overrides, e.g. BEAT_REDIS_URL)."""
+    overrides = env or {}
     env = dict(os.environ)
     env.update(group.env({}))
+    env.update(overrides)
     if prefix:
         env["BEAT_PREFIX"] = prefix
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), str(ROOT)])

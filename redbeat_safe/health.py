@@ -1,0 +1,70 @@
+"""Whether the schedule is being served: the checks behind `schedules health`.
+
+Made for probes (Kubernetes, cron checks, load balancers): one answer, healthy
+or not, with one line per failed check. Read-only, a handful of Redis reads;
+a Redis that does not answer is a failed check, not an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .connection import STORE_ERRORS, redact, refusal
+from .store import RedisStore, split_member
+
+DEFAULT_MIN_BEATS = 1
+#: An enabled entry whose next tick is older than this is late: a beat publishes a
+#: due tick within about a second, and within the grace (lease + loop, 11 s by default)
+#: after an outage.
+DEFAULT_MAX_LATE_S = 30.0
+
+
+@dataclass
+class Health:
+    ok: bool
+    failures: list[str] = field(default_factory=list)
+    beats_alive: int = 0
+    late: list[dict[str, Any]] = field(default_factory=list)
+    stuck: list[dict[str, Any]] = field(default_factory=list)
+    now_ms: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "failures": self.failures, "beats_alive": self.beats_alive, "late": self.late,
+                "stuck_in_flight": self.stuck, "now_ms": self.now_ms}
+
+
+def check(store: RedisStore, *, min_beats: int = DEFAULT_MIN_BEATS, max_late_s: float = DEFAULT_MAX_LATE_S,
+          redis_url: str = "") -> Health:
+    """Redis answers; at least ``min_beats`` beats are alive; no enabled entry's next
+    tick and no in-flight tick's lease deadline is more than ``max_late_s`` in the past
+    (a stuck in-flight tick means no beat is reaping)."""
+    max_late = int(max_late_s * 1000)
+    try:
+        now, rows = store.instances()
+        late = store.due_between(0, now - max_late - 1)
+        inflight = store.inflight()
+    except STORE_ERRORS as exc:
+        said = refusal(exc) or f"Redis unavailable ({type(exc).__name__}: {exc})"
+        where = f" at {redact(redis_url)}" if redis_url else ""
+        return Health(ok=False, failures=[f"redis: {said}{where}"])
+    alive = sum(1 for _, deadline, _, _ in rows if deadline > now)
+    out = Health(ok=True, beats_alive=alive, now_ms=now)
+    if alive < min_beats:
+        out.failures.append(f"beats: {alive} alive, at least {min_beats} wanted")
+    out.late = [{"name": n, "tick_ms": t, "late_ms": now - t} for n, t in late]
+    if out.late:
+        worst = max(out.late, key=lambda e: e["late_ms"])
+        out.failures.append(f"late: {len(out.late)} entr{'y' if len(out.late) == 1 else 'ies'} more than {max_late_s:g}s "
+                            f"behind (most: {worst['name']!r}, {worst['late_ms'] / 1000:.1f}s)")
+    for m, deadline in inflight:
+        if deadline < now - max_late:
+            parsed = split_member(m)
+            out.stuck.append({"member": m, "name": parsed[1] if parsed else None, "tick_ms": parsed[0] if parsed else None,
+                              "overdue_ms": now - deadline})
+    if out.stuck:
+        worst = max(out.stuck, key=lambda e: e["overdue_ms"])
+        out.failures.append(f"in flight: {len(out.stuck)} tick(s) past their lease by more than {max_late_s:g}s, nobody is "
+                            f"reaping (most: {worst['member']!r}, {worst['overdue_ms'] / 1000:.1f}s)")
+    out.ok = not out.failures
+    return out
