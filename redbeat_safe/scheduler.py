@@ -54,6 +54,17 @@ def is_refusal(exc: BaseException) -> bool:
     return not str(exc).startswith(_TRANSIENT_PREFIXES)
 
 
+def _due_again(seen: dict[str, float], message: str) -> bool:
+    """Whether ``message`` is to be logged now: once per _REFUSAL_EVERY (a bounded memory)."""
+    now = time.monotonic()
+    if now - seen.get(message, -_REFUSAL_EVERY) < _REFUSAL_EVERY:
+        return False
+    if len(seen) > 100:
+        seen.clear()
+    seen[message] = now
+    return True
+
+
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
     """Active-active beat scheduler: every instance claims ticks atomically in Redis."""
 
@@ -266,11 +277,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _refused(self, exc: Exception) -> float:
         message = f"{type(exc).__name__}: {exc}"
-        now = time.monotonic()
-        if now - self._refusals.get(message, -_REFUSAL_EVERY) >= _REFUSAL_EVERY:
-            if len(self._refusals) > 100:
-                self._refusals.clear()
-            self._refusals[message] = now
+        if _due_again(self._refusals, message):
             said = refusal(exc)
             if said is not None:
                 logger.error("redbeat_safe: %s. Retrying every %.1fs", said, float(self.max_interval))
@@ -285,11 +292,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         by a reaper when its lease ends, so retrying the pass loses nothing. The same
         failure is logged with its traceback once per 5 minutes, not once per loop."""
         message = f"{type(exc).__name__}: {exc}"
-        now = time.monotonic()
-        if now - self._failures.get(message, -_REFUSAL_EVERY) >= _REFUSAL_EVERY:
-            if len(self._failures) > 100:
-                self._failures.clear()
-            self._failures[message] = now
+        if _due_again(self._failures, message):
             logger.error("redbeat_safe: a scheduling pass failed (%s); retrying in %.1fs, its claims are re-published when "
                          "their leases end. Please report this with the traceback", message, float(self.max_interval),
                          exc_info=True)

@@ -75,7 +75,7 @@ local step, anchor = tonumber(ARGV[5]), tonumber(ARGV[6])
 -- whole seconds): taken from the due score here rather than trusted from the
 -- caller, whose anchor could be another grid and land on a scheduled tick.
 local due = redis.call('ZSCORE', KEYS[2], name)
-if due then anchor = tonumber(due) end
+if due then anchor = tonumber(due) or anchor end  -- a score that is not a number: the caller's
 local tick = math.max(now, st.trig + 1)
 while (tick - anchor) % step == 0 or tick == st.last
     or redis.call('ZSCORE', KEYS[5], int_json(tick) .. ':' .. name) do
