@@ -1,7 +1,8 @@
 """``celery -A proj schedules ...``: operate entries from the shell.
 
-Exit status: 0 done, 1 no such entry, 2 bad input (nothing written),
-3 Redis unreachable. Errors go to stderr as one line; ``--json`` everywhere.
+Exit status: 0 done, 1 no such entry (for `health` and `status`: not all
+is well), 2 bad input (nothing written), 3 Redis unreachable, 4 Redis refused
+the command (permission, authentication). Errors go to stderr as one line; ``--json`` everywhere.
 """
 
 from __future__ import annotations
@@ -309,24 +310,51 @@ def health(ctx: click.Context, min_beats: int, max_late: str, as_json: bool) -> 
     sys.exit(0 if result.ok else 1)
 
 
+def _age(ms: int | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.1f}s ago"
+
+
+def _beats_table(instances: list[dict[str, Any]]) -> str:
+    """Live beats as a table; beats that stopped heartbeating (not yet pruned) on one line."""
+    live = [(i["id"], i["host"], i["pid"], i["version"], _age(i["heartbeat_age_ms"]), i["ticks_dispatched"], i["static_entries"],
+             i["started"] or "-") for i in instances if i["alive"]]
+    out = _table(("INSTANCE", "HOST", "PID", "VERSION", "HEARTBEAT", "TICKS SENT", "STATIC", "STARTED"), live) if live else "no beat alive"
+    dead = [f"{_shown(i['id'])} (last heartbeat {_age(i['heartbeat_age_ms'])})" for i in instances if not i["alive"]]
+    if dead:
+        out += f"\nstopped heartbeating, not counted: {', '.join(dead)}"
+    return out
+
+
+@schedules.command()
+@json_option
+@click.pass_context
+@_handled
+def instances(ctx: click.Context, as_json: bool) -> None:
+    """Live beats: host, pid, version, last heartbeat's age, ticks sent."""
+    rows = [i.as_dict() for i in _api(ctx).instances()]
+    _emit(as_json, rows, lambda: _beats_table(rows))
+
+
 @schedules.command()
 @json_option
 @click.pass_context
 @_handled
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Beat instances, entries due in the next minute, ticks in flight, the most late entry."""
+    """Beats, entries due in the next minute, ticks in flight, the most late entry.
+    Exit 0 when all is well (the `health` checks pass with their defaults and no entry
+    is damaged), else 1 with the problems listed last."""
     api = _api(ctx)
     data = api.status()
     data["redis"] = redact(api.settings.redis_url)
     data["prefix"] = api.settings.key_prefix
+    checked = health_checks.check(api.store, redis_url=api.settings.redis_url)
+    problems = checked.failures + [f"damaged: {len(data['damaged'])} entr{'y' if len(data['damaged']) == 1 else 'ies'} set aside "
+                                   "(see `list`)"] * bool(data["damaged"])
+    data["problems"] = problems
 
     def human() -> str:
         now = data["now_ms"]
-        inst = [(i["id"], "alive" if i["alive"] else "expired", i["ticks_dispatched"], i["static_entries"],
-                 i["started"] or "-", i["last_heartbeat"] or "-") for i in data["instances"]]
-        lines = [f"redis {data['redis']}  keys {{{data['prefix']}}}:*", "",
-                 _table(("INSTANCE", "STATE", "TICKS SENT", "STATIC", "STARTED", "LAST HEARTBEAT"), inst) if inst else "no beat instances",
-                 ""]
+        lines = [f"redis {data['redis']}  keys {{{data['prefix']}}}:*", "", _beats_table(data["instances"]), ""]
         soon = [(d["name"], _ago(d["tick_ms"], now)) for d in data["due_next_minute"]]
         lines.append(_table(("DUE IN THE NEXT MINUTE", "TICK"), soon) if soon else "nothing due in the next minute")
         lines.append(f"in flight: {len(data['in_flight'])} tick(s)" + "".join(
@@ -334,9 +362,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
             + (f" PROBLEM: {f['problem']}" if f.get("problem") else "") for f in data["in_flight"]))
         late = data["most_late"]
         lines.append("most late: none" if late is None else f"most late: {_shown(late['name'])}, {late['late_ms'] / 1000:.1f}s behind")
-        return "\n".join(lines)
+        lines.append("" if not problems else "\nPROBLEMS:\n" + "\n".join(f"  {_shown(p)}" for p in problems))
+        lines.append("all well" if not problems else "")
+        return "\n".join(lines).rstrip()
 
     _emit(as_json, data, human)
+    sys.exit(1 if problems else 0)
 
 
 @schedules.command(name="export")

@@ -40,6 +40,10 @@ NO_PROGRESS_SLEEP = 0.05
 MIN_SLEEP = 0.001
 #: The same problem with the same entry is logged again after this long.
 REPORT_EVERY = 300.0
+#: A beat heartbeats at every pass, and passes are at most one loop interval apart
+#: (plus a publish or a WAIT); one silent for this long plus two loop intervals
+#: (12 s with the default 1 s loop) is shown as dead and not counted by `health`.
+LIVENESS_BASE_MS = 10_000
 _REPORT_LIMIT = 10_000
 
 
@@ -107,6 +111,13 @@ class Engine:
         return int(max(30.0, 3 * self.max_interval) * 1000) + self.settings.lease_ms
 
     @property
+    def live_ms(self) -> int:
+        """How long after its last heartbeat a beat is taken for dead by readers (status,
+        health, metrics). Shorter than ``heartbeat_ms``, the registration's own timeout,
+        which stays long so that a beat cut off for a while keeps its static entries."""
+        return LIVENESS_BASE_MS + int(2 * self.max_interval * 1000)
+
+    @property
     def grace_ms(self) -> int:
         """A due tick later than this was missed (no instance ran), not just slept through."""
         return self.settings.lease_ms + int(self.max_interval * 1000)
@@ -120,6 +131,7 @@ class Engine:
             "started": int(time.time() * 1000),
             "version": __version__,
             "ttl": self.heartbeat_ms,
+            "live": self.live_ms,
             "static": [e.name for e in self.static_entries],
         }
         _, self._epoch = self.store.register(self.instance_id, self.heartbeat_ms, json.dumps(info), uuid.uuid4().hex)

@@ -7,17 +7,21 @@ a Redis that does not answer is a failed check, not an exception.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from .connection import STORE_ERRORS, redact, refusal
 from .store import RedisStore, split_member
+from .views import Instance
 
 DEFAULT_MIN_BEATS = 1
 #: An enabled entry whose next tick is older than this is late: a beat publishes a
 #: due tick within about a second, and within the grace (lease + loop, 11 s by default)
 #: after an outage.
 DEFAULT_MAX_LATE_S = 30.0
+#: A refusal record older than this (by its writer's clock) is from a beat that stopped.
+REFUSAL_FRESH_MS = 60_000
 
 
 @dataclass
@@ -27,11 +31,12 @@ class Health:
     beats_alive: int = 0
     late: list[dict[str, Any]] = field(default_factory=list)
     stuck: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)  #: embedded beats that schedule nothing, and why
     now_ms: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "failures": self.failures, "beats_alive": self.beats_alive, "late": self.late,
-                "stuck_in_flight": self.stuck, "now_ms": self.now_ms}
+                "stuck_in_flight": self.stuck, "refused_beats": self.refused, "now_ms": self.now_ms}
 
 
 def check(store: RedisStore, *, min_beats: int = DEFAULT_MIN_BEATS, max_late_s: float = DEFAULT_MAX_LATE_S,
@@ -44,14 +49,18 @@ def check(store: RedisStore, *, min_beats: int = DEFAULT_MIN_BEATS, max_late_s: 
         now, rows = store.instances()
         late = store.due_between(0, now - max_late - 1)
         inflight = store.inflight()
+        refusals = store.refusals()
     except STORE_ERRORS as exc:
         said = refusal(exc) or f"Redis unavailable ({type(exc).__name__}: {exc})"
         where = f" at {redact(redis_url)}" if redis_url else ""
         return Health(ok=False, failures=[f"redis: {said}{where}"])
-    alive = sum(1 for _, deadline, _, _ in rows if deadline > now)
+    alive = sum(1 for row in rows if Instance.from_row(now, *row).alive)
     out = Health(ok=True, beats_alive=alive, now_ms=now)
     if alive < min_beats:
         out.failures.append(f"beats: {alive} alive, at least {min_beats} wanted")
+    out.refused = fresh_refusals(refusals, now)
+    for r in out.refused:
+        out.failures.append(f"refused: beat {r['instance']} schedules nothing: {r['reason']}")
     out.late = [{"name": n, "tick_ms": t, "late_ms": now - t} for n, t in late]
     if out.late:
         worst = max(out.late, key=lambda e: e["late_ms"])
@@ -67,4 +76,18 @@ def check(store: RedisStore, *, min_beats: int = DEFAULT_MIN_BEATS, max_late_s: 
         out.failures.append(f"in flight: {len(out.stuck)} tick(s) past their lease by more than {max_late_s:g}s, nobody is "
                             f"reaping (most: {worst['member']!r}, {worst['overdue_ms'] / 1000:.1f}s)")
     out.ok = not out.failures
+    return out
+
+
+def fresh_refusals(raw: dict[str, bytes], now: int) -> list[dict[str, Any]]:
+    """The refusal records written within REFUSAL_FRESH_MS; unreadable ones are skipped."""
+    out = []
+    for instance, value in sorted(raw.items()):
+        try:
+            data = json.loads(value)
+            at, reason = data["at"], data["reason"]
+        except (ValueError, TypeError, KeyError, RecursionError):
+            continue
+        if isinstance(at, int) and not isinstance(at, bool) and now - at <= REFUSAL_FRESH_MS and isinstance(reason, str):
+            out.append({"instance": instance, "reason": " ".join(line.strip() for line in reason.splitlines())[:1000], "at_ms": at})
     return out

@@ -7,7 +7,11 @@ log line per Redis outage); the claim protocol itself is in ``engine.py``.
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -54,6 +58,16 @@ def is_refusal(exc: BaseException) -> bool:
     return not str(exc).startswith(_TRANSIENT_PREFIXES)
 
 
+def embedded() -> bool:
+    """Whether this scheduler runs inside a worker (``celery worker -B``): Celery names
+    the embedded beat's process (prefork) or thread (other pools) "Beat"."""
+    return multiprocessing.current_process().name == "Beat" or threading.current_thread().name == "Beat"
+
+
+#: How long a refusal record lasts after the refusing beat last wrote it.
+_REFUSAL_TTL_MS = 120_000
+
+
 def _due_again(seen: dict[str, float], message: str) -> bool:
     """Whether ``message`` is to be logged now: once per _REFUSAL_EVERY (a bounded memory)."""
     now = time.monotonic()
@@ -78,7 +92,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         # Celery calls setup_schedule() from inside super().__init__, so
         # everything it needs is set first. The banner's lazy instance does no I/O.
         self.lazy = lazy
-        self.settings = Settings.from_app(app)
+        #: Why this embedded beat schedules nothing (its configuration was refused): a
+        #: standalone beat exits instead, but one inside a worker would die silently and
+        #: leave the worker running as if it still had a scheduler.
+        self.refusal: str | None = None
+        try:
+            self.settings = Settings.from_app(app)
+        except ImproperlyConfigured as exc:
+            if lazy or not embedded():
+                raise
+            self.refusal, self.settings = str(exc), Settings(redis_url="")
         self.static_entries: list[EntryDef] = []
         self._client: Client | None = None
         self._engine: Engine | None = None
@@ -94,10 +117,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     # -- Celery's contract -------------------------------------------------
     def setup_schedule(self) -> None:
         """Validate the static schedule (refusing bad input), then register it."""
+        self.data: dict[str, Any] = {}
+        if self.refusal is not None:
+            return
         for message in self.settings.warnings:  # once, at start: Celery has set up logging by now, unlike for the banner
             warn_once(message)
-        self.static_entries = self._static_from_config()
-        self.data: dict[str, Any] = {}
+        try:
+            self.static_entries = self._static_from_config()
+        except ImproperlyConfigured as exc:
+            if self.lazy or not embedded():
+                raise
+            self.refusal = str(exc)
+            return
         try:
             self._register()
         except STORE_ERRORS as exc:  # tick() registers once Redis answers
@@ -109,6 +140,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     @property
     def info(self) -> str:
+        if self.refusal is not None:
+            return f"    . redbeat_safe -> REFUSED: {self.refusal}"
         return f"    . redis -> {self.settings.topology.describe()} (keys {{{self.settings.key_prefix}}}:*)"
 
     @property
@@ -130,6 +163,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if self._closed or self.lazy:
             return float(self.max_interval)
+        if self.refusal is not None:
+            return self._refusing()
         self._ticking = True
         try:
             if not self.engine.registered:
@@ -284,6 +319,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             else:
                 logger.error("redbeat_safe: Redis refused a command (%s); not an outage: a damaged key, a missing ACL "
                              "permission or a bug. Retrying every %.1fs", message, float(self.max_interval))
+        return float(self.max_interval)
+
+    def _refusing(self) -> float:
+        """An embedded beat whose configuration was refused: CRITICAL at every loop, and a
+        record that makes `schedules health` (and /healthz) fail, naming the reason, for
+        as long as the worker runs. It registers nothing and claims nothing."""
+        logger.critical("redbeat_safe: this beat (inside a worker, -B) schedules nothing: %s. The worker keeps running; "
+                        "fix the configuration and restart it. `celery schedules health` fails meanwhile", self.refusal)
+        if not self.settings.redis_url and self.settings.topology.kind == "standalone":
+            return float(self.max_interval)  # the settings themselves were refused: no store to tell
+        try:
+            if self._client is None:
+                self._client = connect(self.settings.topology)
+            store = self._make_store(self._client)
+            record = {"at": store.now(), "reason": self.refusal, "host": socket.gethostname(), "pid": os.getpid()}
+            store.note_refusal(f"{socket.gethostname()}:{os.getpid()}", json.dumps(record), _REFUSAL_TTL_MS)
+        except STORE_ERRORS as exc:
+            logger.error("redbeat_safe: could not record the refusal in Redis (%s: %s)", type(exc).__name__, exc)
         return float(self.max_interval)
 
     def _failed(self, exc: Exception) -> float:

@@ -83,6 +83,7 @@ class Keys:
         self.instinfo = f"{tag}:instinfo"  # hash: instance id -> JSON (host, pid, static names)
         self.inststats = f"{tag}:inststats"  # hash: instance id -> ticks it published
         self.meta = f"{tag}:meta"  # hash: epoch (changes if Redis lost the data)
+        self.refusals = f"{tag}:refusals"  # hash, expiring: embedded beat id -> JSON (why it schedules nothing)
         self._history = f"{tag}:history:"
         self._reply = f"{tag}:reply:"
         self._request = f"{tag}:request:"
@@ -586,6 +587,18 @@ class RedisStore:
         stats = {_s(i): _count(v) for i, v in raw_stats.items()}
         rows = [(_s(i), _deadline(score), infos.get(_s(i)), stats.get(_s(i), 0)) for i, score in members]
         return now, rows
+
+    def note_refusal(self, instance: str, record_json: str, ttl_ms: int) -> None:
+        """Say that ``instance`` (an embedded beat) refuses to schedule, and why, for
+        `health` to report. Plain HSET and PEXPIRE: a second run writes the same."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.refusals, instance, record_json)
+        pipe.pexpire(self.keys.refusals, ttl_ms)
+        pipe.execute()
+
+    def refusals(self) -> dict[str, bytes]:
+        rows: dict[Any, Any] = self.client.hgetall(self.keys.refusals)
+        return {_s(k): v for k, v in rows.items()}
 
     def inflight(self) -> list[tuple[str, int]]:
         """Every claimed, unacknowledged tick with its lease deadline."""

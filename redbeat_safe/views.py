@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from .definitions import DefinitionError, EntryDef
 from .schedules import Schedule, ms_to_datetime
@@ -21,7 +21,7 @@ def _dt(ms: int | None) -> datetime | None:
         return None
 
 
-def _whole(value: Any) -> bool:
+def _whole(value: Any) -> TypeGuard[int]:
     """A JSON integer (not a bool, not a float) a time can be made of."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
 
@@ -154,20 +154,26 @@ class Instance:
     version: str
     started: datetime | None
     last_heartbeat: datetime | None
-    alive: bool  #: its heartbeat has not expired
+    alive: bool  #: it heartbeated within its liveness window (10 s + 2 loop intervals)
     ticks_dispatched: int
     static_entries: int
+    heartbeat_age_ms: int | None = None  #: by the Redis server's clock; None when its record does not say
 
     @classmethod
     def from_row(cls, now: int, instance: str, deadline: int, raw_info: bytes | None, published: int) -> Instance:
+        """``alive`` means heartbeating: its last heartbeat (the deadline less its
+        registration ttl) within its liveness window ``live``. A record without one
+        (an older version) is alive until its registration expires."""
         try:
             info = json.loads(raw_info) if raw_info else {}
         except (ValueError, RecursionError):
             info = {}
         if not isinstance(info, dict):  # a planted or damaged record: shown with what is known
             info = {}
-        ttl, pid, static = info.get("ttl"), info.get("pid"), info.get("static")
-        heartbeat = deadline - ttl if isinstance(ttl, int) and _whole(ttl) else -1
+        ttl, pid, static, live = info.get("ttl"), info.get("pid"), info.get("static"), info.get("live")
+        heartbeat = deadline - ttl if _whole(ttl) else -1
+        age = now - heartbeat if heartbeat >= 0 else None
+        alive = deadline > now and (age is None or not _whole(live) or age <= live)
         return cls(
             id=instance,
             host=str(info.get("host", "?")),
@@ -175,9 +181,10 @@ class Instance:
             version=str(info.get("version", "?")),
             started=_dt(info["started"]) if _whole(info.get("started")) else None,
             last_heartbeat=_dt(heartbeat) if heartbeat >= 0 else None,
-            alive=deadline > now,
+            alive=alive,
             ticks_dispatched=published,
             static_entries=len(static) if isinstance(static, list) else 0,
+            heartbeat_age_ms=age,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -188,6 +195,7 @@ class Instance:
             "version": self.version,
             "started": _iso(self.started),
             "last_heartbeat": _iso(self.last_heartbeat),
+            "heartbeat_age_ms": self.heartbeat_age_ms,
             "alive": self.alive,
             "ticks_dispatched": self.ticks_dispatched,
             "static_entries": self.static_entries,
