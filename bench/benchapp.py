@@ -35,6 +35,7 @@ app.conf.update(
     # redbeat_safe
     redbeat_safe_redis_url=env.get("BENCH_STORE_URL"),
     redbeat_safe_key_prefix="bench",
+    redbeat_safe_metrics_port=int(env["BENCH_METRICS_PORT"]) if env.get("BENCH_METRICS_PORT") else None,
     # celery-redbeat: its default lock (5 x the loop interval) expires during a
     # long tick with thousands of entries, and the beat then crashes; see docs/benchmarks.md
     redbeat_redis_url=env.get("BENCH_STORE_URL"),

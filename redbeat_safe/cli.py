@@ -370,6 +370,38 @@ def status(ctx: click.Context, as_json: bool) -> None:
     sys.exit(1 if problems else 0)
 
 
+@schedules.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=9808, show_default=True, help="Port (0 picks a free one).")
+@click.option("--token", envvar="REDBEAT_SAFE_DASHBOARD_TOKEN", default=None,
+              help="Enables the pause, resume and trigger buttons for whoever signs in with it "
+                   "(default: redbeat_safe_dashboard_token; env REDBEAT_SAFE_DASHBOARD_TOKEN keeps it out of `ps`).")
+@click.option("--show-args", is_flag=True, help="Show entry arguments (hidden by default: they may hold secrets).")
+@click.pass_context
+@_handled
+def serve(ctx: click.Context, host: str, port: int, token: str | None, show_args: bool) -> None:
+    """Serve the dashboard (/), the cluster's metrics (/metrics) and /healthz (200 exactly
+    when `health` would exit 0). Needs the web extra."""
+    try:
+        from .web import server, wsgi_app
+    except ImportError as exc:
+        raise Failure(2, f"the dashboard needs the web extra: pip install 'redbeat-safe[web]' ({exc})") from None
+    app = wsgi_app(ctx.obj.app, token=token, show_args=show_args)
+    try:
+        httpd = server.make(app, host, port)
+    except OSError as exc:
+        raise Failure(2, f"cannot listen on {host}:{port}: {exc}") from None
+    where = f"http://{host}:{httpd.server_port}/"
+    mode = "actions enabled for token holders" if app.token else "read-only (no token)"
+    click.echo(f"serving the dashboard on {where} ({mode}); /metrics and /healthz beside it", err=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
 @schedules.command(name="export")
 @click.pass_context
 @_handled

@@ -30,6 +30,7 @@ BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 #: Options that say where Redis is without a URL.
 _TOPOLOGY_OPTIONS = ("sentinels", "startup_nodes", "cluster")
 DEFAULT_WAIT_TIMEOUT = 1.0
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
 hide_in_celery_reports()
 
 
@@ -46,6 +47,8 @@ class Settings:
     topology: Topology = field(default_factory=lambda: Topology("standalone"))
     wait_replicas: int = 0  #: publish a claim only once this many replicas have it (WAIT)
     wait_timeout_ms: int = int(DEFAULT_WAIT_TIMEOUT * 1000)
+    metrics_port: int | None = None  #: serve this beat's own metrics on this port (the ``metrics`` extra)
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
     #: What a beat logs at start (once): TLS that does not verify the server, a
     #: store in the broker's database. Settings are still accepted.
     warnings: tuple[str, ...] = ()
@@ -96,7 +99,17 @@ class Settings:
         except ScheduleError as exc:
             raise ImproperlyConfigured(f"redbeat_safe: the app's timezone cannot be used: {exc}") from None
         shared = _shared_with_broker(app, topology)
+        metrics_port = conf.get("redbeat_safe_metrics_port")
+        if metrics_port is not None and (isinstance(metrics_port, bool) or not isinstance(metrics_port, int)
+                                         or not 0 <= metrics_port <= 65535):
+            raise ImproperlyConfigured(f"redbeat_safe_metrics_port must be a port number (0-65535; 0 picks a free one), "
+                                       f"not {metrics_port!r}")
+        metrics_address = conf.get("redbeat_safe_metrics_address") or DEFAULT_METRICS_ADDRESS
+        if not isinstance(metrics_address, str):
+            raise ImproperlyConfigured(f"redbeat_safe_metrics_address must be a host or address string, not {metrics_address!r}")
         return cls(
+            metrics_port=metrics_port,
+            metrics_address=metrics_address,
             warnings=topology.warnings + ((shared,) if shared else ()),
             redis_url=str(url or ""),
             key_prefix=prefix,

@@ -60,6 +60,27 @@ class PublishError(Exception):
 Publish = Callable[[EntryDef, str, int], None]
 
 
+class Observer:
+    """What a beat reports about its own work, for a per-beat exporter (the optional
+    ``redbeat_safe.metrics`` module implements it). Does nothing by default; the core
+    only calls these methods, it never imports an exporter."""
+
+    def passed(self) -> None:
+        """A scheduling pass ended."""
+
+    def claims(self, won: int, lost: int) -> None:
+        """A claim call: entries won, and lost to another writer (compare-and-set conflicts)."""
+
+    def published(self, seconds: float, ok: bool) -> None:
+        """One publish to the broker and how long it took (ok False: it failed)."""
+
+    def redis(self, call: str, seconds: float) -> None:
+        """One script call's round trip (peek, claim, ack)."""
+
+    def outage(self, down: bool) -> None:
+        """Redis became unavailable (True) or reachable again (False)."""
+
+
 @dataclass
 class Pass:
     """What prepare() saw and planned, for finish() to claim."""
@@ -105,6 +126,7 @@ class Engine:
         self._lease_start = 0.0
         self._reap_at: float | None = 0.0  #: when a lease may next expire (monotonic): peek WAITs then
         self._unconfirmed_since: float | None = None
+        self.observer = Observer()
 
     @property
     def heartbeat_ms(self) -> int:
@@ -176,6 +198,7 @@ class Engine:
         reap_due = self._reap_at is not None and started >= self._reap_at
         peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks, confirm=reap_due)
         read_at = time.monotonic()
+        self.observer.redis("peek", read_at - started)
         self._acks = []
         self._server_now = peek.now
         self._held()
@@ -192,6 +215,18 @@ class Engine:
         return Pass(peek, self._plan(peek) if peek.due else [], read_at=read_at)
 
     def finish(self, p: Pass) -> float:
+        try:
+            return self._finish(p)
+        finally:
+            self.observer.passed()
+
+    def _ack(self) -> None:
+        started = time.monotonic()
+        self.store.ack(self._acks, self.instance_id)
+        self.observer.redis("ack", time.monotonic() - started)
+        self._acks = []
+
+    def _finish(self, p: Pass) -> float:
         """Second half: claim (compare-and-set), publish what was won, decide the sleep.
 
         Another instance may have claimed the same ticks between prepare() and
@@ -202,8 +237,7 @@ class Engine:
         """
         if p.lost:
             if self._acks:
-                self.store.ack(self._acks, self.instance_id)
-                self._acks = []
+                self._ack()
             return 0.0
         peek, store = p.peek, self.store
         progress = bool(peek.reaped)
@@ -215,6 +249,7 @@ class Engine:
             self._lease_start = time.monotonic()
             now, codes, confirmed = store.claim([it for it, _ in p.planned], self.settings.lease_ms, self.instance_id)
             read_at = time.monotonic()
+            self.observer.redis("claim", read_at - self._lease_start)
             claimed = []
             for (it, entry), c in zip(p.planned, codes, strict=True):
                 if c.code == CLAIMED and entry is not None:
@@ -228,6 +263,7 @@ class Engine:
                     raced = True
                     self._note_lost(it)
             progress = progress or bool(claimed)
+            self.observer.claims(len(claimed), sum(1 for c in codes if c.code == CHANGED))
             for it, _ in claimed:
                 self._hold([member(it.name, t) for t in it.ticks], now)
                 if it.next is not None:
@@ -242,8 +278,7 @@ class Engine:
         if progress and (more or raced):
             return 0.0
         if self._acks:
-            store.ack(self._acks, self.instance_id)
-            self._acks = []
+            self._ack()
         if raced:
             return NO_PROGRESS_SLEEP
         if not wake:
@@ -350,7 +385,7 @@ class Engine:
                 continue
             if p.dropped or not p.counted_all:
                 self._log_dropped(d.name, policy, p)
-            items.append((ClaimItem(d.name, d.score, d.version, p.fire, p.next), entry))
+            items.append((ClaimItem(d.name, d.score, d.version, p.fire, p.next, skipped=p.dropped), entry))
         return items
 
     @staticmethod
@@ -387,9 +422,12 @@ class Engine:
             return False
         task_id = task_id_for(self.settings.key_prefix, name, tick)
         logger.info("Scheduler: Sending due task %s (%s) for tick %d (%s), task id %s", name, entry.task, tick, iso(tick), task_id)
+        started = time.monotonic()
         try:
             self.publish(entry, name, tick)
+            self.observer.published(time.monotonic() - started, True)
         except PublishError as exc:
+            self.observer.published(time.monotonic() - started, False)
             if exc.transient:
                 logger.error("redbeat_safe: publishing %s tick %d failed (%s); it stays claimed and is retried after the lease", name, tick, exc)
                 return False

@@ -21,6 +21,7 @@ from typing import Any
 from celery import Celery, beat
 from celery.exceptions import ImproperlyConfigured
 from celery.schedules import crontab
+from celery.utils.imports import symbol_by_name
 from celery.utils.log import get_logger
 from kombu.exceptions import OperationalError
 from kombu.utils.objects import cached_property
@@ -64,6 +65,8 @@ def embedded() -> bool:
     return multiprocessing.current_process().name == "Beat" or threading.current_thread().name == "Beat"
 
 
+#: The per-beat exporter, loaded only when redbeat_safe_metrics_port is set.
+METRICS_OBSERVER = "redbeat_safe.metrics:beat_observer"
 #: How long a refusal record lasts after the refusing beat last wrote it.
 _REFUSAL_TTL_MS = 120_000
 
@@ -149,8 +152,23 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self._engine is None:
             self._client = connect(self.settings.topology)
             store = self._make_store(self._client)
-            self._engine = self.engine_class(store, self.settings, self._publish, float(self.max_interval), self.static_entries)
+            engine = self.engine_class(store, self.settings, self._publish, float(self.max_interval), self.static_entries)
+            if self.settings.metrics_port is not None:
+                engine.observer = self._beat_metrics(engine.instance_id)
+            self._engine = engine
         return self._engine
+
+    def _beat_metrics(self, instance_id: str) -> Any:
+        """This beat's own exporter, loaded by name: the core does not import the metrics
+        module (nor prometheus_client) unless ``redbeat_safe_metrics_port`` asks for it."""
+        try:
+            factory = symbol_by_name(METRICS_OBSERVER)
+            return factory(self.settings, instance_id)
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"redbeat_safe_metrics_port is set, but {exc}") from None
+        except OSError as exc:
+            raise ImproperlyConfigured(f"redbeat_safe_metrics_port: cannot listen on {self.settings.metrics_address}:"
+                                       f"{self.settings.metrics_port} ({exc}); give each beat on a host its own port") from None
 
     def _make_store(self, client: Client) -> RedisStore:
         s = self.settings
@@ -184,6 +202,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self._outage_since is not None:
             logger.warning("redbeat_safe: Redis reachable again after %.1fs", time.monotonic() - self._outage_since)
             self._outage_since, self._retry = None, 0.5
+            self.engine.observer.outage(False)
         return delay
 
     def close(self) -> None:
@@ -239,6 +258,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _release_connections(self) -> None:
         try:
+            if self._engine is not None:
+                getattr(self._engine.observer, "close", lambda: None)()
             super().close()
         finally:
             if self._client is not None:
@@ -354,6 +375,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _outage(self, exc: Exception) -> float:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
+            if self._engine is not None:
+                self._engine.observer.outage(True)
             logger.error("redbeat_safe: Redis unavailable (%s: %s); retrying, nothing is lost meanwhile", type(exc).__name__, exc)
         delay = min(self._retry, float(self.max_interval))
         self._retry = min(self._retry * 2, 5.0)

@@ -83,6 +83,7 @@ class Keys:
         self.instinfo = f"{tag}:instinfo"  # hash: instance id -> JSON (host, pid, static names)
         self.inststats = f"{tag}:inststats"  # hash: instance id -> ticks it published
         self.meta = f"{tag}:meta"  # hash: epoch (changes if Redis lost the data)
+        self.counters = f"{tag}:counters"  # hash: kind (s, r, t, x, skip) -> how many, cluster-wide, for the metrics
         self.refusals = f"{tag}:refusals"  # hash, expiring: embedded beat id -> JSON (why it schedules nothing)
         self._history = f"{tag}:history:"
         self._reply = f"{tag}:reply:"
@@ -280,6 +281,7 @@ class ClaimItem:
     next: int | None  #: None ends the entry
     mode: str = ""  #: "" a claim; "check": set it aside if damaged; "park": set it aside for ``reason``
     reason: str = ""
+    skipped: int = 0  #: missed ticks the misfire policy leaves out (counted once the claim succeeds)
 
 
 @dataclass
@@ -469,7 +471,7 @@ class RedisStore:
         """With ``confirm`` (a lease may have expired), WAIT for the re-leases of reaped ticks."""
         k = self.keys
         keys = [self._reply_key(), k.due, k.state, k.inflight, k.flight, k.holder, k.instances, k.meta, k.instinfo, k.inststats,
-                *self._history_keys(acks)]
+                k.counters, *self._history_keys(acks)]
         args: list[Any] = [REPLY_TTL_MS, instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), HISTORY_LENGTH,
                            len(acks), *_flat(acks)]
         raw, confirmed = self._durable("peek", keys, args, confirm)
@@ -503,8 +505,8 @@ class RedisStore:
         args: list[Any] = [REPLY_TTL_MS, instance, lease_ms, len(items)]
         for it in items:
             mode = it.mode or ("" if it.next is None else str(it.next))
-            args += [it.name, it.score, it.version, mode, it.reason, len(it.ticks), *it.ticks]
-        keys = [self._reply_key(), k.due, k.state, k.defs, k.inflight, k.flight, k.holder, k.aside]
+            args += [it.name, it.score, it.version, mode, it.reason, it.skipped, len(it.ticks), *it.ticks]
+        keys = [self._reply_key(), k.due, k.state, k.defs, k.inflight, k.flight, k.holder, k.aside, k.counters]
         raw, confirmed = self._durable("claim", keys, args)
         codes = [Claimed(x) if isinstance(x, int) else Claimed(ASIDE, _s(x)) for x in raw[1:]]
         return int(raw[0]), codes, bool(confirmed)
@@ -513,14 +515,15 @@ class RedisStore:
         """Forget published ticks and append them to their entries' histories."""
         if acks:
             k = self.keys
-            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state, *self._history_keys(acks)]
+            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state, k.counters,
+                    *self._history_keys(acks)]
             self._durable("ack", keys, [REPLY_TTL_MS, "ack", instance, HISTORY_LENGTH, len(acks), *_flat(acks)])
 
     def release(self, members: Sequence[str], instance: str) -> None:
         """Make the unpublished claims ``instance`` still holds due for reaping now (a clean shutdown)."""
         if members:
             k = self.keys
-            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state]
+            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state, k.counters]
             self._call("ack", keys, [REPLY_TTL_MS, "release", instance, HISTORY_LENGTH, len(members), *members])
 
     def trigger(self, name: str, request_id: str, caller: str, version: int, step_ms: int, anchor_ms: int, lease_ms: int) -> Triggered:
@@ -595,6 +598,11 @@ class RedisStore:
         pipe.hset(self.keys.refusals, instance, record_json)
         pipe.pexpire(self.keys.refusals, ttl_ms)
         pipe.execute()
+
+    def counters(self) -> dict[str, int]:
+        """Cluster-wide totals: dispatches by kind (s, r, t, x) and ticks skipped by the misfire policy (skip)."""
+        rows: dict[Any, Any] = self.client.hgetall(self.keys.counters)
+        return {_s(k): _count(v) for k, v in rows.items()}
 
     def refusals(self) -> dict[str, bytes]:
         rows: dict[Any, Any] = self.client.hgetall(self.keys.refusals)

@@ -32,6 +32,7 @@ app.conf.update(
     result_backend=None,
     result_expires=None,  # else Celery's beat (and so ours) adds celery.backend_cleanup
     broker_connection_retry_on_startup=True,
+    redbeat_safe_metrics_port=int(env["BEAT_METRICS_PORT"]) if env.get("BEAT_METRICS_PORT") else None,
 )
 
 

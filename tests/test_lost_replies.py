@@ -69,6 +69,8 @@ def test_trigger_with_lost_replies_runs_once_per_call_with_the_returned_id(redis
     sent += [s.task_id for s in fleet.sent if s.entry == "t"]
     assert sorted(sent) == sorted(returned), f"{len(returned)} trigger calls, {len(sent)} runs"
     assert len(set(returned)) == 6
+    counted = RedisStore(redis_server.client(), prefix).counters()
+    assert counted.get("t", 0) + counted.get("r", 0) == 6, counted  # acknowledged once each, by the caller or the reaper
 
 
 def test_trigger_retried_by_the_caller_with_its_request_id_runs_once(redis_server: RedisServer, prefix: str) -> None:
@@ -157,6 +159,7 @@ def test_upsert_remove_and_ack_with_lost_replies_answer_as_one_call(redis_server
     ticks = [h["tick"] for h in history]
     assert len(ticks) == len(set(ticks)) == len(fleet.sent), f"history {ticks}, published {fleet.ticks('e')}"
     assert int(redis_server.client().hget(fleet.keys.inststats, "beat") or 0) == len(fleet.sent)
+    assert store.counters() == {"s": len(fleet.sent)}  # the metrics' totals: once per tick, however many runs
     store.arm("remove")
     assert store.remove(["e"]) == 1
 

@@ -107,13 +107,28 @@ local function push_history(key, record, keep)
   redis.call('LTRIM', key, 0, keep - 1)
 end
 
+-- Add n to a counter of the metrics' totals. A counter damaged by hand (not an
+-- integer, or the key not a hash) starts again from n: a count must never abort
+-- the acknowledgement or the claim it belongs to.
+local function add_count(key, field, n)
+  local r = redis.pcall('HINCRBY', key, field, n)
+  if type(r) == 'table' and r.err then
+    if type(redis.pcall('HSET', key, field, n)) == 'table' then  -- not a hash at all
+      redis.call('DEL', key)
+      redis.call('HSET', key, field, n)
+    end
+  end
+end
+
 -- Acknowledge published in-flight ticks and append them to their entries'
 -- bounded histories. acks: flat {member, task id, kind} triples starting at
 -- ARGV[first]; history keys: KEYS[hfirst ...] in the same order; ix: where in
--- KEYS the in-flight, flight, holder, inststats, instances and state keys are.
+-- KEYS the in-flight, flight, holder, inststats, instances, state and counters keys are.
 -- kind: 's' scheduled, 'r' re-published by the reaper, 't' triggered by hand,
 -- 'x' not sent (the task refused it). A removed entry gets no history back,
 -- and only registered instances are counted, so neither record outlives its owner.
+-- Every acknowledgement also counts its kind in the counters hash (cluster-wide
+-- totals for the metrics); the callers replay, so a second run counts nothing.
 local function ack_all(ix, instance, now, first, count, hfirst, keep)
   local sent = 0
   for i = 0, count - 1 do
@@ -127,6 +142,7 @@ local function ack_all(ix, instance, now, first, count, hfirst, keep)
         .. cjson.encode(kind) .. ',"by":' .. cjson.encode(instance) .. ',"at":' .. int_json(now) .. '}', keep)
     end
     if kind ~= 'x' then sent = sent + 1 end
+    add_count(KEYS[ix.counters], kind, 1)
   end
   if sent > 0 and instance ~= '' and redis.call('ZSCORE', KEYS[ix.instances], instance) then
     redis.call('HINCRBY', KEYS[ix.stats], instance, sent)

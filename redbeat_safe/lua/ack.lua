@@ -1,7 +1,7 @@
 -- Acknowledge published in-flight ticks (see ack_all), or release unpublished
 -- ones so that any instance re-publishes them at once (a clean shutdown).
--- KEYS: reply, inflight, flight, holder, inststats, instances, state, then one
---       history key per acknowledgement
+-- KEYS: reply, inflight, flight, holder, inststats, instances, state, counters,
+--       then one history key per acknowledgement
 -- ARGV: reply ttl ms, mode ('ack' | 'release'), instance id, history length,
 --       count n, then n {member, task id, kind} triples ('ack') or n members ('release')
 -- Returns: n
@@ -14,7 +14,8 @@ local r = replay()
 if r then return r[1] end
 local n = tonumber(ARGV[5])
 if ARGV[2] == 'ack' then
-  ack_all({inflight = 2, flight = 3, holder = 4, stats = 5, instances = 6, state = 7}, ARGV[3], now_ms(), 6, n, 8, tonumber(ARGV[4]))
+  ack_all({inflight = 2, flight = 3, holder = 4, stats = 5, instances = 6, state = 7, counters = 8}, ARGV[3], now_ms(), 6, n, 9,
+          tonumber(ARGV[4]))
 else
   for i = 6, 5 + n do
     if redis.call('HGET', KEYS[4], ARGV[i]) == ARGV[3] then redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[i]) end

@@ -2,10 +2,12 @@
 -- that advances the next tick in the same step and records the claimed ticks
 -- in flight under a lease (held by this instance), with a copy of the
 -- definition they were claimed under.
--- KEYS: reply, due, state, defs, inflight, flight, holder, aside
+-- KEYS: reply, due, state, defs, inflight, flight, holder, aside, counters
 -- ARGV: reply ttl ms, instance id, lease ms, count, then per entry: name,
 --       expected next tick (exactly as peek returned it), expected version
---       (-1 when the caller could not read the state), mode, reason, k, k ticks.
+--       (-1 when the caller could not read the state), mode, reason, skipped
+--       (missed ticks the misfire policy leaves out, counted in `counters` under
+--       'skip' when the claim succeeds), k, k ticks.
 --       mode: the new next tick in ms; '' = the entry ends; 'check' = the caller
 --       could not read the entry: set it aside if it is damaged; 'park' = the
 --       caller cannot follow the entry (its schedule): set it aside for `reason`.
@@ -44,8 +46,9 @@ end
 
 local b = 5
 for _ = 1, tonumber(ARGV[4]) do
-  local name, expected, ver, mode, reason, k = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5])
-  local first = b + 6
+  local name, expected, ver, mode, reason = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+  local skipped, k = tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
+  local first = b + 7
   b = first + k
   local score = redis.call('ZSCORE', KEYS[2], name)
   local code = 0
@@ -92,6 +95,7 @@ for _ = 1, tonumber(ARGV[4]) do
           redis.call('ZADD', KEYS[2], mode, name)
         end
         redis.call('HSET', KEYS[3], name, encode_state(st))
+        if skipped and skipped > 0 then add_count(KEYS[9], 'skip', skipped) end
         code = 1
       end
     end

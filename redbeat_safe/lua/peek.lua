@@ -1,7 +1,7 @@
 -- One read per beat loop: acknowledge what was published, heartbeat, re-lease
 -- expired in-flight ticks to this instance (the reaper), and list due entries.
 -- KEYS: reply, due, state, inflight, flight, holder, instances, meta, instinfo,
---       inststats, then one history key per acknowledgement
+--       inststats, counters, then one history key per acknowledgement
 -- ARGV: reply ttl ms, instance id, heartbeat ttl ms, lease ms, max due, max reaped,
 --       window (0..1, spreads instances over a long due list), history length,
 --       ack count n, then n {member, task id, kind} triples
@@ -18,7 +18,8 @@ local instance, lease, max_due, max_reap = ARGV[2], tonumber(ARGV[4]), tonumber(
 local reaped = replay()
 if not reaped then
   local acks = tonumber(ARGV[9])
-  ack_all({inflight = 4, flight = 5, holder = 6, stats = 10, instances = 7, state = 3}, instance, now, 10, acks, 11, tonumber(ARGV[8]))
+  ack_all({inflight = 4, flight = 5, holder = 6, stats = 10, instances = 7, state = 3, counters = 11}, instance, now, 10, acks, 12,
+          tonumber(ARGV[8]))
   reaped = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, max_reap)
   for i = 1, #reaped do
     redis.call('ZADD', KEYS[4], now + lease, reaped[i])
