@@ -4,7 +4,7 @@
 
 One beat with 100 entries due every second and 10,000 idle ones (its
 ``beat_schedule``), on a private redis-server. First the read side alone: a
-scrape of /metrics (every entry's series) and page renders, over real HTTP, each
+scrape of /metrics (with each choice of per-entry series) and page renders, over real HTTP, each
 30 times. Then the beat's own metrics (``redbeat_safe_metrics_port``) over two
 windows of the same length, without and with a scrape of /metrics and a render
 of the first page every second: its Redis calls per second, passes per second,
@@ -66,18 +66,25 @@ def main() -> None:
         app = Celery("bench-dashboard", set_as_current=False)
         app.conf.update(broker_url=servers.broker.url, redbeat_safe_redis_url=servers.store.url, redbeat_safe_key_prefix="bench",
                         timezone="UTC")
-        httpd = server.make(wsgi_app(app), "127.0.0.1", 0)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{httpd.server_port}"
+        servers_up = {}
+        for series in ("late", "all", "none"):
+            httpd = server.make(wsgi_app(app, entry_series=series), "127.0.0.1", 0)
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            servers_up[series] = httpd
+        url = f"http://127.0.0.1:{servers_up['late'].server_port}"
+        base = {k: f"http://127.0.0.1:{v.server_port}" for k, v in servers_up.items()}
         wait_for(lambda: _count(url) >= args.idle + 100, 300, interval=1.0, what="the entries")
         wait_for(lambda: beat_numbers(metrics_port).get("won", 0) > 200, 60, interval=0.5, what="the beat to fire")
         rows: list[dict[str, Any]] = []
-        for what, path in (("/metrics (all series)", "/metrics"), ("first page", "/"), ("search", "/?q=idle99"),
-                           ("entry page", "/entry/e42"), ("/healthz", "/healthz")):
-            get(url + path)  # warm
+        for what, where in (("/metrics (default: --entry-series late)", base["late"] + "/metrics"),
+                            ("/metrics --entry-series none", base["none"] + "/metrics"),
+                            ("/metrics --entry-series all", base["all"] + "/metrics"),
+                            ("first page", url + "/"), ("search", url + "/?q=idle99"),
+                            ("entry page", url + "/entry/e42"), ("/healthz", url + "/healthz")):
+            get(where)  # warm
             times, size = [], 0
             for _ in range(30):
-                ms, size = get(url + path)
+                ms, size = get(where)
                 times.append(ms)
             rows.append({"request": what, "p50 ms": pct(times, 50), "p95 ms": pct(times, 95), "max ms": max(times), "bytes": size})
         print(f"\n{args.idle + 100:,} entries stored, one beat firing 100 entries/s; 30 requests each, real HTTP\n")
@@ -110,8 +117,9 @@ def main() -> None:
         compare = [window(False), window(True)]
         print(f"\nthe beat's own metrics, two {args.window:g} s windows in one run\n")
         print(table(compare, ["window", "beat Redis calls/s", "passes/s", "claims won/s", "mean round trip ms"]))
-        httpd.shutdown()
-        httpd.server_close()
+        for httpd in servers_up.values():
+            httpd.shutdown()
+            httpd.server_close()
         beat.popen.terminate()
         beat.popen.wait(30)
         print(f"\nwrote {save('dashboard', {'requests': rows, 'beat': compare})}")

@@ -377,16 +377,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
               help="Enables the pause, resume and trigger buttons for whoever signs in with it "
                    "(default: redbeat_safe_dashboard_token; env REDBEAT_SAFE_DASHBOARD_TOKEN keeps it out of `ps`).")
 @click.option("--show-args", is_flag=True, help="Show entry arguments (hidden by default: they may hold secrets).")
+@click.option("--entry-series", type=click.Choice(["late", "all", "none"]), default="late", show_default=True,
+              help="Per-entry series on /metrics: the lateness of entries whose tick has come; all: also every entry's next "
+                   "tick and latest dispatch; none.")
 @click.pass_context
 @_handled
-def serve(ctx: click.Context, host: str, port: int, token: str | None, show_args: bool) -> None:
+def serve(ctx: click.Context, host: str, port: int, token: str | None, show_args: bool, entry_series: str) -> None:
     """Serve the dashboard (/), the cluster's metrics (/metrics) and /healthz (200 exactly
     when `health` would exit 0). Needs the web extra."""
     try:
         from .web import server, wsgi_app
     except ImportError as exc:
         raise Failure(2, f"the dashboard needs the web extra: pip install 'redbeat-safe[web]' ({exc})") from None
-    app = wsgi_app(ctx.obj.app, token=token, show_args=show_args)
+    app = wsgi_app(ctx.obj.app, token=token, show_args=show_args, entry_series=entry_series)
     try:
         httpd = server.make(app, host, port)
     except OSError as exc:

@@ -65,6 +65,10 @@ def _load_scripts(clock_key: str | None = None) -> dict[str, str]:
 _SOURCES = _load_scripts()
 
 
+_SUMMARY_STATES = {b"e": "enabled", b"p": "paused", b"f": "finished", b"d": "damaged",
+                   "e": "enabled", "p": "paused", "f": "finished", "d": "damaged"}  # bytes, or text with decode_responses
+
+
 class Keys:
     """Names of every key of one app (see docs/redis-layout.md)."""
 
@@ -405,6 +409,20 @@ class RedisStore:
         k = self.keys
         raw = self._call("snapshot", [k.due, k.state, k.defs, k.aside], ["full" if full else "hash", *names])
         return int(raw[0]), {name: _stored(name, row, full) for name, row in zip(names, raw[1:], strict=True)}
+
+    def summary(self, names: Sequence[str]) -> tuple[int, list[tuple[str, str, int | None, int | None]]]:
+        """Server time and, per name that has any record, (name, state, next tick, last
+        tick): state is enabled, paused, finished or damaged, as ``Stored`` would say
+        (one script call for up to SUMMARY_CHUNK names; the metrics read every entry)."""
+        k = self.keys
+        raw = self._call("snapshot", [k.due, k.state, k.defs, k.aside], ["summary", *names])
+        out = []
+        codes, scores, lasts = raw[1::3], raw[2::3], raw[3::3]
+        for name, code, score, last in zip(names, codes, scores, lasts, strict=True):
+            if code:
+                state = _SUMMARY_STATES[code]
+                out.append((name, state, whole_ms(score) if state == "enabled" else None, None if last is None else int(last)))
+        return int(raw[0]), out
 
     def now(self) -> int:
         """The server's clock, in ms."""

@@ -40,7 +40,7 @@ def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
 
 @pytest.fixture
 def served(beats: BeatGroup) -> Iterator[Served]:
-    s = Served(beats)
+    s = Served(beats, "--entry-series", "all")
     yield s
     s.stop()
 
@@ -85,6 +85,14 @@ def test_cluster_metrics_count_what_the_beats_did(beats: BeatGroup, redis_server
     assert abs(last - time.time()) < 10
     assert 0 <= value(found, "redbeat_safe_entry_last_dispatch_lateness_seconds", entry="e1") < 5
     assert ("redbeat_safe_entry_next_tick_timestamp_seconds", (("entry", "paused"),)) not in found
+    default = Served(beats)  # --entry-series late: per-entry lateness of late entries only
+    try:
+        lean = samples(default.get("/metrics").text)
+    finally:
+        default.stop()
+    assert not any(n.startswith(("redbeat_safe_entry_next", "redbeat_safe_entry_last")) for n, _ in lean)
+    assert {dict(labels)["entry"] for n, labels in lean if n == "redbeat_safe_entry_lateness_seconds"} <= {"e1", "once"}
+    assert value(lean, "redbeat_safe_beats_alive") == 2 and value(lean, "redbeat_safe_entries", state="damaged") == 1
 
 
 def test_cluster_metrics_say_when_redis_is_down(beats: BeatGroup, own_redis: RedisServer) -> None:
@@ -131,6 +139,54 @@ def test_two_beats_on_one_port_the_second_refuses_to_start(beats: BeatGroup) -> 
     second = beats.start({}, "m2", BEAT_METRICS_PORT=str(port))
     wait_for(lambda: second.proc is not None and second.proc.poll() is not None, 30, what="the second beat to exit")
     assert "give each beat on a host its own port" in second.output()
+
+
+def test_the_summary_read_by_the_metrics_agrees_with_list_on_every_kind_of_damage(redis_server: RedisServer, prefix: str) -> None:
+    """The metrics read every entry through the snapshot script's compact 'summary'
+    mode, which decides the state in Lua; `list` decides it in Python from the full
+    snapshot. Planted records of every kind: the two must say the same."""
+    from redbeat_safe import pattern
+    from redbeat_safe.overview import EntryRow, summaries
+
+    api = Schedules(make_app(redis_server, prefix))
+    client, k = redis_server.client(), Keys(prefix)
+    for name in ("ok", "paused", "finished", "bad-json", "bad-field", "no-def", "edited-def", "inf-score", "nan-score",
+                 "aside", "state-gone", "only-def", "only-score", "only-aside"):
+        api.upsert(name, "beatapp.record", every(60, limit=1) if name == "finished" else pattern("0 * * * *"),
+                   enabled=name != "paused")
+    now = api.store.now()
+    client.zadd(k.due, {"finished": now - 1000})
+    st = json.loads(client.hget(k.state, "finished"))
+    st.update(done=True, runs=1, last=now - 1000)
+    client.hset(k.state, "finished", json.dumps(st))
+    client.zrem(k.due, "finished")
+    client.hset(k.state, "bad-json", b"{nope")
+    bad = json.loads(client.hget(k.state, "bad-field"))
+    bad["ver"] = -3
+    client.hset(k.state, "bad-field", json.dumps(bad))
+    client.hdel(k.defs, "no-def")
+    client.hset(k.defs, "edited-def", client.hget(k.defs, "edited-def") + b" ")
+    client.zadd(k.due, {"inf-score": float("inf")})
+    client.execute_command("ZADD", k.due, "1.5", "nan-score")  # not whole ms
+    client.zrem(k.due, "aside")
+    client.hset(k.aside, "aside", json.dumps({"problem": "test", "at": now, "by": "t"}))
+    client.hdel(k.state, "state-gone")
+    for key in (k.state, k.due, k.aside):
+        client.hdel(key, "only-def") if key != k.due else client.zrem(key, "only-def")
+    client.hdel(k.state, "only-score")
+    client.hdel(k.defs, "only-score")
+    client.zadd(k.due, {"only-score": now})
+    client.hset(k.aside, "only-aside", json.dumps({"problem": "x"}))
+    client.hdel(k.state, "only-aside")
+    client.hdel(k.defs, "only-aside")
+    client.zrem(k.due, "only-aside")
+    names = api.store.names()
+    _, read = api.store.read(names)
+    expected = {s.name: (r.state, r.next_ms) for s in read for r in [EntryRow.from_stored(s, None)] if s.exists}
+    _, rows = summaries(api.store, names)
+    assert {r.name: (r.state, r.next_ms) for r in rows} == expected
+    assert expected["ok"][0] == "enabled" and expected["paused"][0] == "paused" and expected["finished"][0] == "finished"
+    assert sum(1 for s, _ in expected.values() if s == "damaged") == 11, expected
 
 
 def test_metrics_without_prometheus_client_name_the_extra() -> None:

@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import BeatGroup
+from dashboard import Served
 from harness import HERE, ROOT, RedisServer, free_port, wait_for
 from history import assert_exactly_once, check
 from redbeat_safe import every, pattern
@@ -35,10 +36,11 @@ BEAT_COMMANDS = (
     "+sadd +srem +smembers +sismember +lpush +ltrim +pexpire"
 )
 #: An operator (`celery schedules ...`) also reads whole hashes, their names and histories.
-OPERATOR_COMMANDS = BEAT_COMMANDS + " +hgetall +hkeys +lrange"
+OPERATOR_COMMANDS = BEAT_COMMANDS + " +hgetall +hkeys +lrange +zmscore +lindex"
 
 #: A read-only operator: `schedules list/show/status/history/export`, nothing that writes.
-READER_COMMANDS = "+evalsha +script|load +ping +time +hget +zscore +hgetall +hkeys +zrange +zrangebyscore +lrange"
+READER_COMMANDS = ("+evalsha +script|load +ping +time +hget +zscore +hgetall +hkeys +zrange +zrangebyscore +lrange "
+                   "+hmget +zmscore +lindex +hexists")
 
 SCHEDULE = {"e1": {"every": 1}, "p1": {"pattern": "*/1 * * * * *"}}
 SCHEDULES = {"e1": every(1), "p1": pattern("*/1 * * * * *", tz="UTC")}
@@ -48,7 +50,7 @@ def test_the_documented_acl_is_the_tested_one() -> None:
     doc = (ROOT / "docs" / "redis-topologies.md").read_text()
     block = doc.split("ACL SETUSER beat", 1)[1].split("```", 1)[0]
     assert sorted(block.replace("\\", " ").split()[5:]) == sorted(BEAT_COMMANDS.split())
-    assert "same plus `+hgetall +hkeys +lrange`" in doc and OPERATOR_COMMANDS.endswith("+hgetall +hkeys +lrange")
+    assert "same plus `+hgetall +hkeys +lrange +zmscore +lindex`" in doc and OPERATOR_COMMANDS.endswith("+hgetall +hkeys +lrange +zmscore +lindex")
 
 
 def acl_args(prefix: str) -> list[str]:
@@ -341,6 +343,13 @@ def test_a_read_only_operator_reads_everything_and_writes_nothing(beats: BeatGro
         assert json.loads(read("status", "--json"))["instances"]
         assert json.loads(read("history", "e1", "--json"))
         assert {e["name"] for e in json.loads(read("export"))["entries"]} == {"e1", "p1"}
+        served = Served(beats, "--entry-series", "all", env={"BEAT_REDIS_URL": f"redis://reader:read-pass@127.0.0.1:{store.port}/0"})
+        try:  # the dashboard and the metrics need nothing more
+            for path in ("/", "/entry/e1", "/beats", "/metrics", "/healthz"):
+                assert served.get(path).status == 200, path
+            assert "redbeat_safe_entry_next_tick_timestamp_seconds" in served.get("/metrics").text
+        finally:
+            served.stop()
         assert store.client().acl_log() == [], store.client().acl_log()  # nothing the reader needed was refused
         for args in (("remove", "e1"), ("add", "x", "--task", "beatapp.record", "--every", "1s"), ("pause", "e1"), ("trigger", "e1")):
             done = celery(env, tmp_path, "schedules", *args)

@@ -26,16 +26,20 @@ end
 -- here, so the two sides cannot read a record differently. Anything else
 -- (planted, truncated, edited by hand) is reported so that entry alone can be
 -- set aside. Returns the state, or nil and what is wrong with it.
+local COUNT_FIELDS = {'ver', 'runs'}
+local TIME_FIELDS = {'last', 'hold', 'trig', 'ctime', 'mtime'}
+local TIME_LOW = {last = -1, hold = -1, trig = -1, ctime = 0, mtime = 0}
+
 local function load_state(raw)
   if not raw then return nil, 'its state record is missing' end
   local ok, st = pcall(cjson.decode, raw)
   if not ok or type(st) ~= 'table' then return nil, 'its state record is not a JSON object' end
-  for _, f in ipairs({'ver', 'runs'}) do
+  for _, f in ipairs(COUNT_FIELDS) do
     if not is_int(st[f], 0) then return nil, 'its state field "' .. f .. '" is not a whole number >= 0' end
   end
   if st.trig == nil then st.trig = -1 end
-  for _, f in ipairs({'last', 'hold', 'trig', 'ctime', 'mtime'}) do
-    local low = (f == 'ctime' or f == 'mtime') and 0 or -1
+  for _, f in ipairs(TIME_FIELDS) do
+    local low = TIME_LOW[f]
     if not is_int(st[f], low, MAX_TICK) then
       return nil, 'its state field "' .. f .. '" is not a time in whole ms up to year 9999' .. (low < 0 and ' (or -1)' or '')
     end

@@ -17,13 +17,13 @@ __all__ = ["Dashboard", "asgi_app", "wsgi_app"]
 
 
 def wsgi_app(app: Celery, *, token: str | None = None, show_args: bool = False, authorize: Authorize | None = None,
-             per_entry_metrics: bool = True) -> Dashboard:
+             entry_series: str = "late") -> Dashboard:
     """The dashboard for ``app`` as a WSGI callable. Unset options are read from the
     app's configuration (``redbeat_safe_dashboard_token``, ``redbeat_safe_dashboard_show_args``)."""
     conf = app.conf
     return Dashboard(app, token=token if token is not None else conf.get("redbeat_safe_dashboard_token"),
                      show_args=show_args or bool(conf.get("redbeat_safe_dashboard_show_args")), authorize=authorize,
-                     per_entry_metrics=per_entry_metrics)
+                     entry_series=entry_series)
 
 
 def asgi_app(app: Celery, **options: Any) -> Any:

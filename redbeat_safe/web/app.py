@@ -66,15 +66,16 @@ class Dashboard:
     """``Dashboard(celery_app)`` is a WSGI callable. Options: ``token`` (enables the
     pause, resume and trigger buttons), ``show_args`` (entry arguments may hold
     secrets, so they are hidden unless this is True), ``authorize`` (a check of the
-    host app's own login), ``per_entry_metrics`` (per-entry series on /metrics)."""
+    host app's own login), ``entry_series`` (which per-entry series /metrics carries:
+    late, all or none, see redbeat_safe.metrics.ENTRY_SERIES)."""
 
     def __init__(self, app: Celery, token: str | None = None, show_args: bool = False, authorize: Authorize | None = None,
-                 per_entry_metrics: bool = True) -> None:
+                 entry_series: str = "late") -> None:
         self.api = Schedules(app)
         self.token = token or None
         self.show_args = show_args
         self.authorize = authorize
-        self.registry = cluster_registry(self.api.store, per_entry=per_entry_metrics)
+        self.registry = cluster_registry(self.api.store, entry_series=entry_series)
 
     # -- WSGI ---------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -208,7 +209,7 @@ class Dashboard:
         if not rows:
             return Response(self._page(environ, "Not found", tag("p", "No entry named ", tag("code", name), ".")), "404 Not Found")
         row = rows[0]
-        e = entry_from_stored(row.stored)
+        e = None if row.stored is None else entry_from_stored(row.stored)
         assert e is not None
         history = self.api.history(name, 100)
         parts = [self._health_bar(), tag("h2", name), self._definition(e, row, now), self._actions(environ, e),
@@ -275,7 +276,7 @@ class Dashboard:
         base = environ.get("SCRIPT_NAME") or ""
         out = []
         for row in rows:
-            e = entry_from_stored(row.stored)
+            e = None if row.stored is None else entry_from_stored(row.stored)
             if e is None:
                 continue
             zone = self._zone(e.schedule)
