@@ -1,7 +1,7 @@
 """``celery -A proj schedules ...``: operate entries from the shell.
 
 Exit status: 0 done, 1 no such entry (for `health` and `status`: not all
-is well), 2 bad input (nothing written), 3 Redis unreachable, 4 Redis refused
+is well), 2 bad input (nothing written) or a refused configuration, 3 Redis unreachable, 4 Redis refused
 the command (permission, authentication). Errors go to stderr as one line; ``--json`` everywhere.
 """
 
@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import click
 import redis
+from celery.exceptions import ImproperlyConfigured
 
 from . import health as health_checks
 from .api import EntryDamaged, EntryNotFound, Schedules
@@ -88,6 +89,8 @@ def _handled(fn: F) -> F:
             code, message = 2, f"refused: {exc}"
         except (DefinitionError, ScheduleError) as exc:
             code, message = 2, f"refused, nothing written: {exc}"
+        except ImproperlyConfigured as exc:
+            code, message = 2, f"configuration: {exc}"
         except STORE_ERRORS as exc:
             said = refusal(exc)
             code, message = (4, said) if said is not None else (3, f"Redis unavailable: {exc}")

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
+from . import options as declared
 from .connection import Topology, parse, redact
 from .reports import hide_in_celery_reports
 from .schedules import CATCHUP_POLICIES, ScheduleError, zone_name
@@ -56,6 +57,9 @@ class Settings:
     @classmethod
     def from_app(cls, app: Celery) -> Settings:
         conf = app.conf
+        typos = declared.unknown(conf.keys(), getattr(app, "namespace", None))
+        if typos:
+            raise ImproperlyConfigured("redbeat_safe: " + "; ".join(typos))
         options = conf.get("redbeat_safe_redis_options") or {}
         if not isinstance(options, dict):
             raise ImproperlyConfigured("redbeat_safe_redis_options must be a dict of redis-py connection options")

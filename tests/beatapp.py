@@ -34,6 +34,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     redbeat_safe_metrics_port=int(env["BEAT_METRICS_PORT"]) if env.get("BEAT_METRICS_PORT") else None,
 )
+app.conf.update(json.loads(env.get("BEAT_EXTRA_CONF", "{}")))  # any other setting, as a test gives it
 
 
 def _schedule(spec: dict[str, Any]) -> Any:

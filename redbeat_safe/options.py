@@ -1,0 +1,80 @@
+"""Every ``redbeat_safe_*`` setting, declared once: name, type, default (as the docs
+show it) and a one-line meaning. docs/configuration.md is checked against this by a
+test, and a setting whose name is not here is refused with a suggestion (a typo that
+passed silently would leave the default in force)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+PREFIX = "redbeat_safe_"
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: str
+    default: str  #: exactly as the configuration reference's default column shows it
+    meaning: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("redbeat_safe_redis_url", "str", "the broker URL, if it is `redis://`, `rediss://`, `unix://` or `sentinel://`; "
+           "for a list or a `;`-separated failover string, its first URL", "The Redis that holds the entries."),
+    Option("redbeat_safe_key_prefix", "str", "`redbeat_safe`", "Every key is `{<prefix>}:<name>`: one hash tag per app."),
+    Option("redbeat_safe_redis_options", "dict", "`{}`", "Extra keyword arguments for the redis-py client (TLS, Sentinel, Cluster)."),
+    Option("redbeat_safe_lease", "seconds", "`10` (seconds)", "How long a claimed tick may stay unpublished before a reaper re-publishes it."),
+    Option("redbeat_safe_catchup", "str", "`coalesce`", "Misfire policy for ticks missed while no beat ran: coalesce, skip or all."),
+    Option("redbeat_safe_catchup_max", "int", "`100`", "With `all`: at most this many of the latest missed ticks are published."),
+    Option("redbeat_safe_wait_replicas", "int", "`0`", "Publish a claim only once this many replicas have it (Redis WAIT)."),
+    Option("redbeat_safe_wait_timeout", "seconds", "`1` (seconds)", "How long one WAIT may block; at most half the lease."),
+    Option("redbeat_safe_metrics_port", "int", "none", "Serve this beat's own Prometheus metrics on this port."),
+    Option("redbeat_safe_metrics_address", "str", "`\"127.0.0.1\"`", "The address the metrics port listens on."),
+    Option("redbeat_safe_dashboard_token", "str", "none", "Enables the dashboard's pause, resume and trigger buttons."),
+    Option("redbeat_safe_dashboard_show_args", "bool", "`False`", "Show entry arguments on the dashboard."),
+)
+NAMES = frozenset(o.name for o in OPTIONS)
+
+
+def setting_name(key: str, namespace: str | None) -> str | None:
+    """A configuration key as the ``redbeat_safe_*`` name it sets, or None when it is not
+    one: ``CELERY_REDBEAT_SAFE_LEASE`` under the Django namespace ``CELERY`` sets
+    ``redbeat_safe_lease``."""
+    if namespace:
+        for lead in (f"{namespace}_", f"{namespace.lower()}_"):
+            if key.startswith(lead):
+                key = key[len(lead):]
+                break
+    low = key.lower()
+    return low if low.startswith(PREFIX) else None
+
+
+def _nearest(name: str) -> list[str]:
+    """The known name a typo most likely meant: compared without the common prefix
+    (which would make every name look near), or one that the key starts with
+    (``redbeat_safe_lease_seconds``: ``redbeat_safe_lease``)."""
+    tail, tails = name[len(PREFIX):], sorted(n[len(PREFIX):] for n in NAMES)
+    close = difflib.get_close_matches(tail, tails, n=1, cutoff=0.6)
+    if not close:
+        close = sorted((t for t in tails if tail.startswith(t + "_") or t.startswith(tail + "_")), key=len, reverse=True)[:1]
+    return [PREFIX + t for t in close]
+
+
+def unknown(keys: Iterable[str], namespace: str | None = None) -> list[str]:
+    """One line per key that looks like one of ours and is not, with the nearest known
+    name spelled as that key is (``CELERY_REDBEAT_SAFE_…`` under a Django namespace)."""
+    out = []
+    for key in sorted(set(keys)):
+        name = setting_name(key, namespace)
+        if name is None or name in NAMES:
+            continue
+        near = _nearest(name)
+        if near:
+            lead = key[: len(key) - len(name)]
+            shown = lead + (near[0].upper() if key[len(lead):].isupper() else near[0])
+            out.append(f"unknown setting {key!r}; did you mean {shown!r}?")
+        else:
+            out.append(f"unknown setting {key!r}; the known ones are in docs/configuration.md")
+    return out
