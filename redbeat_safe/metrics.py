@@ -30,6 +30,7 @@ from .config import Settings
 from .connection import STORE_ERRORS
 from .engine import Observer
 from .store import RedisStore
+from .views import printable
 
 logger = logging.getLogger("redbeat_safe")
 
@@ -102,7 +103,7 @@ class ClusterCollector(Collector):
                                      labels=["entry"])
         for e in ov.entries:
             if e.next_ms is not None and (e.next_ms <= now or self.entry_series == "all"):
-                lateness.add_metric([e.name], max(0, now - e.next_ms) / 1000)
+                lateness.add_metric([printable(e.name)], max(0, now - e.next_ms) / 1000)
         yield lateness
         if self.entry_series != "all":
             return
@@ -114,12 +115,12 @@ class ClusterCollector(Collector):
                                       "was published after its nominal tick", labels=["entry"])
         for e in ov.entries:
             if e.next_ms is not None:
-                nxt.add_metric([e.name], e.next_ms / 1000)
+                nxt.add_metric([printable(e.name)], e.next_ms / 1000)
             d = e.last_dispatch
             if d is not None:
                 at = d.published_at.timestamp()
-                last.add_metric([e.name], at)
-                last_late.add_metric([e.name], max(0.0, at - d.tick_ms / 1000))
+                last.add_metric([printable(e.name)], at)
+                last_late.add_metric([printable(e.name)], max(0.0, at - d.tick_ms / 1000))
         yield from (nxt, last, last_late)
 
 

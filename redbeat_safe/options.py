@@ -62,19 +62,30 @@ def _nearest(name: str) -> list[str]:
     return [PREFIX + t for t in close]
 
 
+def _read_form(name: str, key: str, namespace: str | None) -> str:
+    """How Celery reads ``name`` given where ``key`` was written: ``NAMESPACE_NAME`` for a
+    key under the namespace, else the lowercase name (the only forms ``conf.get`` finds)."""
+    if namespace and key.upper().startswith(f"{namespace.upper()}_"):
+        return f"{namespace}_{name.upper()}"
+    return name
+
+
 def unknown(keys: Iterable[str], namespace: str | None = None) -> list[str]:
-    """One line per key that looks like one of ours and is not, with the nearest known
-    name spelled as that key is (``CELERY_REDBEAT_SAFE_…`` under a Django namespace)."""
+    """One line per key that looks like one of ours and is not, or is one Celery would
+    never read (``REDBEAT_SAFE_LEASE`` without a namespace), with the spelling it meant."""
     out = []
     for key in sorted(set(keys)):
         name = setting_name(key, namespace)
-        if name is None or name in NAMES:
+        if name is None:
+            continue
+        if name in NAMES:
+            wanted = _read_form(name, key, namespace)
+            if key != wanted and key != name:
+                out.append(f"setting {key!r} is never read in this spelling; write it as {wanted!r}")
             continue
         near = _nearest(name)
         if near:
-            lead = key[: len(key) - len(name)]
-            shown = lead + (near[0].upper() if key[len(lead):].isupper() else near[0])
-            out.append(f"unknown setting {key!r}; did you mean {shown!r}?")
+            out.append(f"unknown setting {key!r}; did you mean {_read_form(near[0], key, namespace)!r}?")
         else:
             out.append(f"unknown setting {key!r}; the known ones are in docs/configuration.md")
     return out

@@ -75,7 +75,8 @@ def _heads(store: RedisStore, names: Sequence[str]) -> list[Dispatch | None]:
     pipe = store.client.pipeline(transaction=False)
     for name in names:
         pipe.lindex(store.keys.history(name).encode("utf-8", "surrogateescape"), 0)
-    return [None if h is None else Dispatch.from_record(h) for h in pipe.execute()]
+    # a history key planted with another type answers an error for that entry alone
+    return [Dispatch.from_record(h) if isinstance(h, bytes) else None for h in pipe.execute(raise_on_error=False)]
 
 
 def entries(store: RedisStore, names: Sequence[str], full: bool = False) -> tuple[int, list[EntryRow]]:

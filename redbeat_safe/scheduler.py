@@ -154,7 +154,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             store = self._make_store(self._client)
             engine = self.engine_class(store, self.settings, self._publish, float(self.max_interval), self.static_entries)
             if self.settings.metrics_port is not None:
-                engine.observer = self._beat_metrics(engine.instance_id)
+                try:
+                    engine.observer = self._beat_metrics(engine.instance_id)
+                except ImproperlyConfigured as exc:
+                    if not embedded():
+                        raise  # a standalone beat refuses to start: its supervisor sees it
+                    # inside a worker the schedule matters more than this beat's own metrics
+                    logger.critical("redbeat_safe: %s; this beat inside a worker schedules without its own metrics", exc)
             self._engine = engine
         return self._engine
 

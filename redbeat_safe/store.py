@@ -32,7 +32,7 @@ from importlib import resources
 from typing import Any
 
 from redis.cluster import RedisCluster
-from redis.exceptions import MovedError, NoScriptError
+from redis.exceptions import MovedError, NoScriptError, ResponseError
 
 from .connection import Client
 from .schedules import MAX_TICK_MS
@@ -619,11 +619,17 @@ class RedisStore:
 
     def counters(self) -> dict[str, int]:
         """Cluster-wide totals: dispatches by kind (s, r, t, x) and ticks skipped by the misfire policy (skip)."""
-        rows: dict[Any, Any] = self.client.hgetall(self.keys.counters)
+        try:
+            rows: dict[Any, Any] = self.client.hgetall(self.keys.counters)
+        except ResponseError:  # not a hash (damaged by hand): the next count starts it again
+            return {}
         return {_s(k): _count(v) for k, v in rows.items()}
 
     def refusals(self) -> dict[str, bytes]:
-        rows: dict[Any, Any] = self.client.hgetall(self.keys.refusals)
+        try:
+            rows: dict[Any, Any] = self.client.hgetall(self.keys.refusals)
+        except ResponseError:  # not a hash (damaged by hand): no refusal can be read from it
+            return {}
         return {_s(k): v for k, v in rows.items()}
 
     def inflight(self) -> list[tuple[str, int]]:

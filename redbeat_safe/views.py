@@ -26,6 +26,12 @@ def _whole(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
 
 
+def printable(value: Any) -> str:
+    """Text safe to encode as UTF-8: bytes from Redis that are not UTF-8 (kept as lone
+    surrogates) shown escaped (``\\xff``), as the CLI shows them."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _iso(d: datetime | None) -> str | None:
     return None if d is None else d.isoformat()
 

@@ -178,3 +178,39 @@ def test_the_asgi_app_serves_the_same_pages(beats: BeatGroup, api: Schedules) ->
     assert status == 200 and b"&lt;script&gt;alert(1)&lt;/script&gt;" in body and HOSTILE.encode() not in body
     status, body = asyncio.run(get("/metrics"))
     assert status == 200 and b"redbeat_safe_entries" in body
+
+
+def test_records_planted_by_hand_never_make_a_page_fail(beats: BeatGroup, api: Schedules, served: Served) -> None:
+    """Found in review: a name that is not UTF-8, a history key of another type and a
+    non-ASCII cookie each turned a page (or /metrics) into a 500 or a false 'Redis down'."""
+    from redbeat_safe.store import Keys
+
+    api.upsert("e1", "beatapp.record", every(3600))
+    client, k = api.store.client, Keys(beats.prefix)
+    now = api.store.now()
+    client.zadd(k.due, {b"bad-\xff-name": now - 5000})  # late, damaged, and not UTF-8
+    client.zadd(k.instances, {b"inst-\xff": now + 60_000})
+    client.set(k.history("e1"), "not a list")
+    client.zadd(k.inflight, {b"1:\xfe": now + 1000})
+    for path in ("/", "/beats", "/metrics", "/entry/e1", "/entry/bad-%FF-name"):
+        reply = served.get(path)
+        assert reply.status == 200, (path, reply.status, reply.text[:300])
+    assert "bad-\\xff-name" in served.get("/").text  # shown escaped, as the CLI shows it
+    assert "redbeat_safe_redis_up 1.0" in served.get("/metrics").text
+    assert served.get("/entry/%FF").status == 404
+    assert served.get("/", headers={"Cookie": 'redbeat_safe_session="a.\\351"'}).status == 200
+
+
+def test_actions_refuse_bad_input_and_a_repeated_trigger_runs_once(beats: BeatGroup, api: Schedules, served: Served) -> None:
+    api.upsert("e1", "beatapp.record", every(3600))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert served.get("/entry//pause", data=b"", headers=auth, method="POST").status == 400
+    assert served.get("/entry/e1/trigger", data=b"request_id=bad%0Aid", headers=auth, method="POST").status == 400
+    first = served.get("/entry/e1/trigger", data=b"request_id=form-123", headers=auth, method="POST")
+    again = served.get("/entry/e1/trigger", data=b"request_id=form-123", headers=auth, method="POST")
+    assert first.status == again.status == 200 and first.text == again.text  # a double submit: the same run
+    cookie, _ = _session(served)
+    page = served.get("/entry/e1", headers={"Cookie": cookie}).text
+    assert 'name="request_id"' in page  # each rendered trigger form carries its own id
+    login = served.get("/login", data=urllib.parse.urlencode({"token": TOKEN, "next": "/\\evil.example"}).encode(), method="POST")
+    assert login.status == 303 and login.headers["Location"] == "/"

@@ -281,3 +281,17 @@ def test_damaged_counters_never_stop_a_beat(beats: BeatGroup, redis_server: Redi
     wait_for(lambda: client.type(k.counters) == b"hash" and int(client.hget(k.counters, "s") or 0) >= 1, 15, what="a fresh counter")
     assert value(samples(served.get("/metrics").text), "redbeat_safe_dispatches_total", kind="scheduled") >= 1
     assert "Traceback" not in beat.output() and "refused a command" not in beat.output()
+
+
+def test_an_acknowledgement_sent_again_in_a_new_call_counts_once(redis_server: RedisServer, prefix: str) -> None:
+    """Found in review: after an error on the way back, a beat sends its acknowledgements
+    again in its next call (a new reply key, so no replay): the counter moved twice."""
+    from redbeat_safe.store import Ack, RedisStore
+
+    store = RedisStore(redis_server.client(), prefix)
+    api = Schedules(make_app(redis_server, prefix))
+    api.upsert("e", "beatapp.record", every(60))
+    redis_server.client().zadd(Keys(prefix).inflight, {"1000:e": store.now() + 10_000})
+    for _ in range(3):
+        store.ack([Ack("1000:e", "id-1", "s")], "beat")
+    assert store.counters() == {"s": 1}

@@ -90,3 +90,12 @@ def test_a_beat_and_the_cli_refuse_a_typo(beats: BeatGroup) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip() == ("error: configuration: redbeat_safe: unknown setting 'redbeat_safe_catchpu'; "
                                    "did you mean 'redbeat_safe_catchup'?")
+
+
+def test_a_spelling_celery_never_reads_is_refused() -> None:
+    """Found in review: REDBEAT_SAFE_LEASE without a namespace was accepted and ignored."""
+    app = Celery("t", set_as_current=False)
+    app.config_from_object({"redbeat_safe_redis_url": "redis://localhost/0", "REDBEAT_SAFE_LEASE": 5})
+    with pytest.raises(ImproperlyConfigured, match="setting 'REDBEAT_SAFE_LEASE' is never read in this spelling; "
+                                                   "write it as 'redbeat_safe_lease'"):
+        Settings.from_app(app)

@@ -131,13 +131,15 @@ end
 -- kind: 's' scheduled, 'r' re-published by the reaper, 't' triggered by hand,
 -- 'x' not sent (the task refused it). A removed entry gets no history back,
 -- and only registered instances are counted, so neither record outlives its owner.
--- Every acknowledgement also counts its kind in the counters hash (cluster-wide
--- totals for the metrics); the callers replay, so a second run counts nothing.
+-- Every acknowledgement of a tick still in flight also counts its kind in the
+-- counters hash (cluster-wide totals for the metrics): a second run of the call
+-- replays, and the same acknowledgement sent again in a new call (after an error
+-- on the way back) finds the tick gone and counts nothing.
 local function ack_all(ix, instance, now, first, count, hfirst, keep)
   local sent = 0
   for i = 0, count - 1 do
     local m, id, kind = ARGV[first + i * 3], ARGV[first + i * 3 + 1], ARGV[first + i * 3 + 2]
-    redis.call('ZREM', KEYS[ix.inflight], m)
+    local held = redis.call('ZREM', KEYS[ix.inflight], m)
     redis.call('HDEL', KEYS[ix.flight], m)
     redis.call('HDEL', KEYS[ix.holder], m)
     local tick, name = split_member(m)
@@ -146,7 +148,7 @@ local function ack_all(ix, instance, now, first, count, hfirst, keep)
         .. cjson.encode(kind) .. ',"by":' .. cjson.encode(instance) .. ',"at":' .. int_json(now) .. '}', keep)
     end
     if kind ~= 'x' then sent = sent + 1 end
-    add_count(KEYS[ix.counters], kind, 1)
+    if held == 1 then add_count(KEYS[ix.counters], kind, 1) end
   end
   if sent > 0 and instance ~= '' and redis.call('ZSCORE', KEYS[ix.instances], instance) then
     redis.call('HINCRBY', KEYS[ix.stats], instance, sent)

@@ -24,16 +24,18 @@ from zoneinfo import ZoneInfo
 
 from celery import Celery
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import ResponseError
 
 from .. import health as health_checks
 from ..api import EntryDamaged, EntryNotFound, Schedules
 from ..connection import STORE_ERRORS, refusal
+from ..definitions import DefinitionError
 from ..metrics import cluster_registry
 from ..overview import EntryRow
 from ..overview import entries as read_entries
 from ..schedules import Schedule, ms_to_datetime, pattern
 from ..trigger import new_request_id
-from ..views import Entry, entry_from_stored
+from ..views import Entry, entry_from_stored, printable
 from .html import Html, esc, join, tag
 
 StartResponse = Callable[..., Any]
@@ -58,7 +60,7 @@ _SECURITY_HEADERS = [
 class Response:
     def __init__(self, body: str | bytes, status: str = "200 OK", content_type: str = "text/html; charset=utf-8",
                  headers: list[tuple[str, str]] | None = None) -> None:
-        self.body = body.encode() if isinstance(body, str) else body
+        self.body = body.encode("utf-8", "replace") if isinstance(body, str) else body
         self.status, self.content_type, self.headers = status, content_type, headers or []
 
 
@@ -128,14 +130,14 @@ class Dashboard:
         except Exception:  # noqa: BLE001 - a malformed cookie header is no session
             return None
         nonce, _, mac = (cookie[COOKIE].value if COOKIE in cookie else "").partition(".")
-        if nonce and hmac.compare_digest(mac, self._sign("session:" + nonce)):
+        if nonce and hmac.compare_digest(_bytes(mac), self._sign("session:" + nonce).encode()):
             return nonce
         return None
 
     def _bearer(self, environ: dict[str, Any]) -> bool:
         header = environ.get("HTTP_AUTHORIZATION", "")
         return self.token is not None and header.startswith("Bearer ") and hmac.compare_digest(
-            header[7:].strip().encode(), self.token.encode())
+            _bytes(header[7:].strip()), self.token.encode())
 
     def _csrf(self, nonce: str) -> str:
         return self._sign("csrf:" + nonce)
@@ -147,14 +149,14 @@ class Dashboard:
         form = _form(environ)
         if path == "/login":
             given = form.get("token", "")
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
+            if not hmac.compare_digest(_bytes(given), self.token.encode()):
                 time.sleep(0.5)  # a slow wrong guess; the comparison itself is constant-time
                 return Response(self._page(environ, "Sign in", join([tag("p", "Wrong token.", class_="bad"), self._login_form(environ)])),
                                 "403 Forbidden")
             nonce = secrets.token_hex(16)
             cookie = (f"{COOKIE}={nonce}.{self._sign('session:' + nonce)}; HttpOnly; SameSite=Strict; "
                       f"Path={environ.get('SCRIPT_NAME') or '/'}")
-            return self._redirect(environ, form.get("next") or "/", [("Set-Cookie", cookie)])
+            return self._redirect(environ, "/", [("Set-Cookie", cookie)])
         if path == "/logout":
             return self._redirect(environ, "/", [("Set-Cookie", f"{COOKIE}=; Max-Age=0; Path={environ.get('SCRIPT_NAME') or '/'}")])
         parts = path.rsplit("/", 1)
@@ -164,7 +166,7 @@ class Dashboard:
             session = self._session(environ)
             if session is None:
                 return Response("refused: sign in with the dashboard's token first\n", "403 Forbidden", "text/plain; charset=utf-8")
-            if not hmac.compare_digest(form.get("csrf", "").encode(), self._csrf(session).encode()):
+            if not hmac.compare_digest(_bytes(form.get("csrf", "")), self._csrf(session).encode()):
                 return Response("refused: missing or wrong CSRF value (reload the page)\n", "403 Forbidden", "text/plain; charset=utf-8")
         name, action = parts[0][7:], parts[1]
         try:
@@ -173,7 +175,9 @@ class Dashboard:
             else:
                 result = getattr(self.api, action)(name)
         except (EntryNotFound, EntryDamaged) as exc:
-            return Response(f"{exc}\n", "404 Not Found", "text/plain; charset=utf-8")
+            return Response(f"{printable(exc)}\n", "404 Not Found", "text/plain; charset=utf-8")
+        except (DefinitionError, ValueError) as exc:
+            return Response(f"refused: {printable(exc)}\n", "400 Bad Request", "text/plain; charset=utf-8")
         if environ.get("HTTP_ACCEPT", "").startswith("application/json") or self._bearer(environ):
             return Response(json.dumps({"name": name, "action": action, "result": result}), content_type="application/json")
         return self._redirect(environ, "/entry/" + _q(name))
@@ -211,7 +215,10 @@ class Dashboard:
         row = rows[0]
         e = None if row.stored is None else entry_from_stored(row.stored)
         assert e is not None
-        history = self.api.history(name, 100)
+        try:
+            history = self.api.history(name, 100)
+        except (DefinitionError, ResponseError):  # a name no API call accepts, a history key of another type:
+            history = []  # planted by hand; the entry is shown without its history
         parts = [self._health_bar(), tag("h2", name), self._definition(e, row, now), self._actions(environ, e),
                  tag("h3", "Lateness of the last ", str(len(history)), " dispatches"), _history_chart(history),
                  self._history_table(history, e), tag("h3", "Next runs"), self._next_runs(e, row)]
@@ -339,6 +346,7 @@ class Dashboard:
                        class_="muted", id="actions")
         base = (environ.get("SCRIPT_NAME") or "") + "/entry/" + _q(e.name)
         buttons = [tag("form", tag("input", type="hidden", name="csrf", value=self._csrf(nonce)),
+                       tag("input", type="hidden", name="request_id", value=new_request_id()) if action == "trigger" else "",
                        tag("button", action.capitalize(), name="action", value=action), method="post", action=f"{base}/{action}",
                        class_="inline")
                    for action in ("resume" if not e.enabled else "pause", "trigger")]
@@ -367,6 +375,10 @@ class Dashboard:
 
 
 # -- helpers ------------------------------------------------------------------
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
 
 def _text(wsgi: str) -> str:
     """A WSGI path (URL-decoded bytes as latin-1) as the text it spells; bytes that are

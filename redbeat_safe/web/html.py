@@ -10,6 +10,8 @@ import html
 from collections.abc import Iterable
 from typing import Any
 
+from ..views import printable
+
 VOID = frozenset({"input", "meta", "link", "br", "img"})
 
 
@@ -22,7 +24,7 @@ def esc(value: Any) -> Html:
     safe in attribute values."""
     if isinstance(value, Html):
         return value
-    return Html(html.escape("" if value is None else str(value), quote=True))
+    return Html(html.escape("" if value is None else printable(value), quote=True))
 
 
 def tag(element: str, /, *children: Any, **attrs: Any) -> Html:
