@@ -54,6 +54,14 @@ def iso(ms: int) -> str:
         return str(ms)
 
 
+#: Names the zone database holds that are not zones every host agrees on: `localtime`
+#: is each host's own /etc/localtime (two beats would compute different ticks),
+#: `posixrules` and `Factory` are artefacts, `posix/` and `right/` are copies (the
+#: latter counting leap seconds, which Unix time does not).
+_NOT_IANA = frozenset({"localtime", "posixrules", "Factory"})
+_NOT_IANA_DIRS = ("posix/", "right/")
+
+
 def zone_name(tz: Union[str, tzinfo, None]) -> str:
     """IANA name of a zone given as a name or a tzinfo; refuses what is not IANA."""
     if tz is None:
@@ -64,6 +72,8 @@ def zone_name(tz: Union[str, tzinfo, None]) -> str:
         name = "UTC"
     else:
         name = getattr(tz, "key", None) or getattr(tz, "zone", None) or str(tz)
+    if name in _NOT_IANA or name.startswith(_NOT_IANA_DIRS):
+        raise ScheduleError(f"time zone {name!r} is not an IANA zone every host agrees on (use a name such as 'Europe/Berlin')")
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
@@ -291,6 +301,24 @@ class every(Schedule):
         catchup: str | None = None,
     ) -> None:
         super().__init__(start=start, end=end, limit=limit, catchup=catchup)
+        try:
+            total = self._total_ms(interval, seconds, minutes, hours, days, milliseconds)
+        except OverflowError:  # an int too large for a float (10**400)
+            raise ScheduleError("the interval is longer than a thousand years") from None
+        if not math.isfinite(total):
+            raise ScheduleError("the interval is not a finite number")
+        rounded = int(round(total))
+        if abs(total - rounded) > 1e-6 * max(1.0, abs(total)):
+            raise ScheduleError(f"the interval must be a whole number of milliseconds (got {total!r} ms)")
+        if rounded < MIN_INTERVAL_MS:
+            raise ScheduleError(f"the interval must be at least {MIN_INTERVAL_MS} ms (got {total:g} ms)")
+        if rounded > MAX_INTERVAL_MS:
+            raise ScheduleError("the interval is longer than a thousand years")
+        self.interval_ms = rounded
+        self.align = bool(align)
+
+    @staticmethod
+    def _total_ms(interval: Any, seconds: Any, minutes: Any, hours: Any, days: Any, milliseconds: Any) -> float:
         total = 0.0
         if interval is not None:
             if isinstance(interval, timedelta):
@@ -303,17 +331,7 @@ class every(Schedule):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ScheduleError(f"interval parts must be numbers, not {type(value).__name__}")
             total += float(value) * factor
-        if not math.isfinite(total):
-            raise ScheduleError("the interval is not a finite number")
-        rounded = int(round(total))
-        if abs(total - rounded) > 1e-6 * max(1.0, abs(total)):
-            raise ScheduleError(f"the interval must be a whole number of milliseconds (got {total!r} ms)")
-        if rounded < MIN_INTERVAL_MS:
-            raise ScheduleError(f"the interval must be at least {MIN_INTERVAL_MS} ms (got {total:g} ms)")
-        if rounded > MAX_INTERVAL_MS:
-            raise ScheduleError("the interval is longer than a thousand years")
-        self.interval_ms = rounded
-        self.align = bool(align)
+        return total
 
     def _raw_next(self, after_ms: int) -> int:
         return after_ms + self.interval_ms

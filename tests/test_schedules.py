@@ -314,3 +314,26 @@ def test_an_old_due_tick_of_a_dense_pattern_costs_a_bounded_search() -> None:
     assert Counted.calls < 2000, Counted.calls  # a few per tick once the first is found
     plans = plan(s, jan, dec, 0, policy="all", grace_ms=1000, max_catchup=100)
     assert plans.fire[-1] == end_of_jan - 1000 and plans.next is not None and plans.next > dec
+
+
+def test_an_interval_too_large_for_a_float_is_a_schedule_error() -> None:
+    """Found trying it as a new user: every(seconds=10**400) raised a bare OverflowError."""
+    from redbeat_safe.schedules import ScheduleError
+
+    for kwargs in ({"seconds": 10**400}, {"days": 10**309}):
+        with pytest.raises(ScheduleError, match="longer than a thousand years"):
+            every(**kwargs)
+    with pytest.raises(ScheduleError, match="longer than a thousand years"):
+        every(10**400)
+
+
+@pytest.mark.parametrize("zone", ["localtime", "posixrules", "Factory", "posix/Europe/Berlin", "right/Europe/Berlin"])
+def test_zone_names_that_are_not_iana_zones_are_refused(zone: str) -> None:
+    """`localtime` is each host's /etc/localtime: two beats would compute different ticks."""
+    from redbeat_safe.schedules import ScheduleError, zone_name
+
+    with pytest.raises(ScheduleError, match="not an IANA zone"):
+        pattern("0 * * * *", tz=zone)
+    with pytest.raises(ScheduleError, match="not an IANA zone"):
+        zone_name(zone)
+    assert zone_name("Europe/Berlin") == "Europe/Berlin"
