@@ -28,7 +28,7 @@ from .definitions import HIDDEN_CATEGORIES, DefinitionError
 from .schedules import ScheduleError, every, ms_to_datetime, pattern
 from .transfer import ImportRefused, export, import_export, import_redbeat, loads
 from .trigger import new_request_id
-from .views import Entry
+from .views import Entry, printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -131,8 +131,7 @@ def _shown(value: Any) -> str:
     """Printable: a name that is not UTF-8 in Redis shows its bytes escaped (\\xff), and
     one planted with a control or format character (U+202E turns text around) shows
     it escaped (\\u202e), so what is printed is what is stored."""
-    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in HIDDEN_CATEGORIES else c for c in text)
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in HIDDEN_CATEGORIES else c for c in printable(value))
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
