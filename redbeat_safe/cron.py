@@ -17,6 +17,7 @@ time is not always exactly one instant:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 
@@ -36,14 +37,59 @@ class CronError(ValueError):
     """A pattern croniter refuses, or one that never matches."""
 
 
-def parse(expr: str, day_and: bool) -> tuple[str, bool, bool]:
-    """Validate ``expr``; return (normalised expr, has_seconds, hour_is_wildcard)."""
+#: (name, lowest, highest) of each field, seconds first when there are six.
+_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12), ("day-of-week", 0, 6))
+_SECONDS_FIELD = ("second", 0, 59)
+
+
+def _check_steps(fields: list[str], has_seconds: bool) -> None:
+    """Refuse a step that leaves one value of its range (``*/61`` in the minute
+    field is minute 0 only, hourly): croniter accepts it, and it is surely a
+    mistake for the single value, which is how it must be written instead."""
+    names = ((_SECONDS_FIELD,) if has_seconds else ()) + _FIELDS
+    for field, (name, lowest, highest) in zip(fields, names, strict=True):
+        for part in field.split(","):
+            base, slash, step_text = part.partition("/")
+            if not slash or not step_text.isdigit() or int(step_text) == 0:
+                continue  # no step, or one croniter refuses with its own message
+            lo, _, hi = base.partition("-")
+            if base == "*":
+                first, last = lowest, highest
+            elif lo.isdigit() and (not hi or hi.isdigit()):
+                first, last = int(lo), int(hi) if hi else highest
+                if first > last:
+                    continue  # a wrapping range: its span is checked by croniter
+            else:
+                continue  # names (mon-fri): croniter's business
+            if int(step_text) > last - first:
+                raise CronError(f"step /{step_text} in the {name} field ({part}) matches only {first}: "
+                                f"write {first} if that is what you mean")
+
+
+def _days_and(fields: list[str], has_seconds: bool, day_and: bool) -> bool:
+    """Vixie cron and cronie OR the day fields only when neither starts with ``*``
+    (``0 0 */2 * 1`` is odd days that are Mondays); croniter ORs them otherwise."""
+    if day_and or len(fields) == 1:
+        return day_and
+    dom, dow = fields[2 + has_seconds], fields[4 + has_seconds]
+    return dom.startswith("*") or dow.startswith("*")
+
+
+def parse(expr: str, day_and: bool) -> tuple[str, bool, bool, bool]:
+    """Validate ``expr``; return (normalised expr, has_seconds, hour_is_wildcard,
+    days_and: whether day-of-month and day-of-week must both match)."""
     text = " ".join(str(expr).split())
     if not text:
         raise CronError("the pattern is empty")
     if len(text) > MAX_PATTERN_LENGTH:
         raise CronError(f"the pattern is {len(text)} characters long; the limit is {MAX_PATTERN_LENGTH}")
     fields = text.split(" ")
+    if text.lower() == "@reboot":
+        raise CronError("'@reboot' has no time to compute: beats start and stop independently, so there is no single boot; "
+                        "run the task from your deploy instead (or `schedules trigger`)")
+    if any(re.search(r"(^|[^a-z])h([^a-z]|$)", f.lower()) for f in fields):
+        raise CronError(f"{text!r}: 'H' (a hashed value, Jenkins syntax) is not supported; pick the value yourself, "
+                        "e.g. '17 * * * *' instead of 'H * * * *'")
     if text.startswith("@"):
         if len(fields) != 1:
             raise CronError(f"{text!r}: an @alias stands alone")
@@ -55,6 +101,9 @@ def parse(expr: str, day_and: bool) -> tuple[str, bool, bool]:
             f"{text!r} has {len(fields)} fields; a pattern has 5 "
             "(minute hour day month weekday) or 6 with seconds first"
         )
+    if len(fields) > 1:
+        _check_steps(fields, has_seconds)
+    days_and = _days_and(fields, has_seconds, day_and)
     try:
         expanded, _ = croniter.expand(text, second_at_beginning=has_seconds)
     except (CroniterBadCronError, ValueError, KeyError, TypeError) as exc:
@@ -64,10 +113,10 @@ def parse(expr: str, day_and: bool) -> tuple[str, bool, bool]:
     # A pattern that can never match (31 April, 30 February) would leave the
     # entry without a future tick; refuse it up front.
     try:
-        _walker(text, has_seconds, day_and).next_wall(datetime(2000, 1, 1))
+        _walker(text, has_seconds, days_and).next_wall(datetime(2000, 1, 1))
     except CroniterBadDateError:
         raise CronError(f"{text!r} never matches any date") from None
-    return text, has_seconds, wildcard
+    return text, has_seconds, wildcard, days_and
 
 
 class _Walker:

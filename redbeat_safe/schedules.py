@@ -314,8 +314,10 @@ class every(Schedule):
             raise ScheduleError(f"the interval must be at least {MIN_INTERVAL_MS} ms (got {total:g} ms)")
         if rounded > MAX_INTERVAL_MS:
             raise ScheduleError("the interval is longer than a thousand years")
+        if not isinstance(align, bool):
+            raise ScheduleError(f"align must be True or False, not {align!r}")
         self.interval_ms = rounded
-        self.align = bool(align)
+        self.align = align
 
     @staticmethod
     def _total_ms(interval: Any, seconds: Any, minutes: Any, hours: Any, days: Any, milliseconds: Any) -> float:
@@ -330,6 +332,8 @@ class every(Schedule):
         for value, factor in ((milliseconds, 1), (seconds, 1000), (minutes, 60000), (hours, 3600000), (days, 86400000)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ScheduleError(f"interval parts must be numbers, not {type(value).__name__}")
+            if value < 0:  # every(seconds=70, minutes=-1) would be 10 s: surely not what was meant
+                raise ScheduleError(f"interval parts must not be negative (got {value!r})")
             total += float(value) * factor
         return total
 
@@ -410,7 +414,7 @@ class pattern(Schedule):
             raise ScheduleError(f"a pattern must be a string, not {type(expr).__name__}")
         self.day_and = bool(day_and)
         try:
-            self.expr, self._seconds, self._wildcard_hour = cron.parse(expr, self.day_and)
+            self.expr, self._seconds, self._wildcard_hour, self._days_and = cron.parse(expr, self.day_and)
         except cron.CronError as exc:
             raise ScheduleError(str(exc)) from None
         self.tz_name: str | None = None if tz is None else zone_name(tz)
@@ -438,7 +442,7 @@ class pattern(Schedule):
         if self.start_ms is not None and after_ms < self.start_ms:
             after_ms = self.start_ms - 1
         try:
-            return cron.next_after(self.expr, self._seconds, self.day_and, self._wildcard_hour, self.tz, after_ms)
+            return cron.next_after(self.expr, self._seconds, self._days_and, self._wildcard_hour, self.tz, after_ms)
         except (OverflowError, ValueError):  # past year 9999 (datetime's end): no next tick, not an error
             return MAX_TICK_MS + 1
 
@@ -463,6 +467,22 @@ def _crontab_field(values: Any, full: range) -> str:
     return ",".join(str(v) for v in chosen)
 
 
+#: Celery's ``relative=True`` rounds each run down to the interval's unit in the
+#: app's local zone; for exactly one hour or one day that is every local hour or
+#: midnight, which a pattern in the app zone is (in every zone, across DST).
+_LOCAL_UNITS = {3_600_000: "0 * * * *", 86_400_000: "0 0 * * *"}
+
+
+def _relative(interval: every, relative: bool) -> Schedule:
+    """Celery's ``relative`` flag: local boundaries for one hour or one day, as Celery
+    does; any other interval on UTC multiples (docs/time.md says where that differs)."""
+    if not relative:
+        return interval
+    if interval.interval_ms in _LOCAL_UNITS:
+        return pattern(_LOCAL_UNITS[interval.interval_ms])
+    return every(milliseconds=interval.interval_ms, align=True)
+
+
 def from_celery(value: Any, relative: bool = False) -> Schedule:
     """Convert what Celery accepts as a beat schedule into ours, or refuse clearly."""
     from celery import schedules as cs
@@ -472,7 +492,7 @@ def from_celery(value: Any, relative: bool = False) -> Schedule:
     if isinstance(value, bool):
         raise ScheduleError("a schedule cannot be a boolean")
     if isinstance(value, (int, float, timedelta)):
-        return every(value, align=relative)
+        return _relative(every(value), bool(relative))
     if isinstance(value, cs.crontab):
         fields = [
             _crontab_field(value.minute, range(0, 60)),
@@ -483,7 +503,7 @@ def from_celery(value: Any, relative: bool = False) -> Schedule:
         ]
         return pattern(" ".join(fields), day_and=True)
     if isinstance(value, cs.schedule) and type(value) is cs.schedule:
-        return every(value.run_every, align=relative or bool(value.relative))
+        return _relative(every(value.run_every), bool(relative or value.relative))
     if isinstance(value, str):
         raise ScheduleError(f"a string schedule is ambiguous; write pattern({value!r}) for a cron expression")
     raise ScheduleError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_every_forms_and_start_anchor() -> None:
     [
         ({"seconds": 0}, "at least 10 ms"),
         ({"seconds": 0.001}, "at least 10 ms"),
-        ({"seconds": -5}, "at least"),
+        ({"seconds": -5}, "must not be negative"),
         ({"seconds": 1.0005}, "whole number of milliseconds"),
         ({"days": 365 * 2000}, "thousand years"),
         ({"seconds": float("nan")}, "finite"),
@@ -337,3 +338,81 @@ def test_zone_names_that_are_not_iana_zones_are_refused(zone: str) -> None:
     with pytest.raises(ScheduleError, match="not an IANA zone"):
         zone_name(zone)
     assert zone_name("Europe/Berlin") == "Europe/Berlin"
+
+
+@pytest.mark.parametrize(("zone", "interval"), [
+    ("Europe/Berlin", timedelta(days=1)), ("America/New_York", timedelta(days=1)),
+    ("Asia/Kolkata", timedelta(hours=1)), ("Europe/Berlin", timedelta(hours=1)), ("Australia/Lord_Howe", timedelta(hours=1)),
+])
+def test_relative_one_hour_or_one_day_fires_on_celerys_local_boundaries(zone: str, interval: timedelta) -> None:
+    """Celery's own arithmetic is the oracle: for a year of instants, the next run Celery
+    computes for `schedule(interval, relative=True)` is ours, except on the days the zone
+    changes its offset (where Celery's day arithmetic lands on 23:00 or 01:00)."""
+    from zoneinfo import ZoneInfo
+
+    from celery.utils.time import remaining
+
+    z = ZoneInfo(zone)
+    ours = from_celery(schedule(interval, relative=True)).with_zone(zone)  # type: ignore[attr-defined]
+    assert ours == from_celery(interval, relative=True).with_zone(zone)  # type: ignore[attr-defined]
+    at, step = datetime(2026, 1, 1, tzinfo=UTC), timedelta(minutes=37) if interval < timedelta(days=1) else timedelta(hours=5, minutes=11)
+    compared, differ = 0, []
+    while at < datetime(2027, 1, 1, tzinfo=UTC):
+        local = at.astimezone(z)
+        theirs = int((local + remaining(local, interval, local, relative=True)).timestamp() * 1000)
+        mine = ours.next_after(int(at.timestamp() * 1000))
+        compared += 1
+        if theirs != mine:
+            differ.append(local)
+        at += step
+    assert compared > 1500
+    offsets_change = {d.date() for d in differ if (d - timedelta(days=1)).utcoffset() != (d + timedelta(days=1)).utcoffset()}
+    assert {d.date() for d in differ} <= offsets_change, differ
+    assert len(differ) <= 4
+
+
+def test_relative_other_intervals_stay_on_utc_multiples() -> None:
+    assert from_celery(timedelta(hours=2), relative=True) == every(hours=2, align=True)
+    assert from_celery(timedelta(minutes=15), relative=True) == every(minutes=15, align=True)
+    assert from_celery(timedelta(hours=1), relative=False) == every(hours=1)
+
+
+@pytest.mark.parametrize(("expr", "said"), [
+    ("*/61 * * * *", "step /61 in the minute field (*/61) matches only 0: write 0 if that is what you mean"),
+    ("*/60 * * * *", "step /60 in the minute field (*/60) matches only 0"),
+    ("0 */24 * * *", "step /24 in the hour field (*/24) matches only 0"),
+    ("0-30/45 * * * *", "step /45 in the minute field (0-30/45) matches only 0"),
+    ("*/90 * * * * *", "step /90 in the second field (*/90) matches only 0"),
+    ("@reboot", "'@reboot' has no time to compute"),
+    ("H * * * *", "'H' (a hashed value, Jenkins syntax) is not supported"),
+    ("0 H(0-5) * * *", "'H' (a hashed value, Jenkins syntax) is not supported"),
+])
+def test_patterns_that_are_surely_mistakes_are_refused_clearly(expr: str, said: str) -> None:
+    with pytest.raises(ScheduleError, match=re.escape(said)):
+        pattern(expr, tz="UTC")
+
+
+def _utc_ticks(p: pattern, n: int) -> list[str]:
+    t = p.first_after(int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000))
+    assert t is not None
+    return [datetime.fromtimestamp(x / 1000, UTC).strftime("%a %Y-%m-%d %H:%M") for x in p.ticks_from(t, t + 400 * 86_400_000, n)]
+
+
+def test_day_fields_follow_vixie_cron() -> None:
+    """Vixie cron and cronie OR the day fields only when neither starts with '*'."""
+    assert _utc_ticks(pattern("0 0 */2 * 1", tz="UTC"), 3) == ["Mon 2026-12-07 00:00", "Mon 2026-12-21 00:00", "Mon 2027-01-11 00:00"]
+    assert _utc_ticks(pattern("0 0 13 * 5", tz="UTC"), 3) == ["Fri 2026-12-04 00:00", "Fri 2026-12-11 00:00", "Sun 2026-12-13 00:00"]
+    assert _utc_ticks(pattern("0 0 1,15 * *", tz="UTC"), 2) == ["Tue 2026-12-15 00:00", "Fri 2027-01-01 00:00"]
+
+
+def test_reversed_ranges_wrap_around() -> None:
+    assert _utc_ticks(pattern("0 22-2 * * *", tz="UTC"), 5) == [
+        "Tue 2026-12-01 01:00", "Tue 2026-12-01 02:00", "Tue 2026-12-01 22:00", "Tue 2026-12-01 23:00", "Wed 2026-12-02 00:00"]
+
+
+def test_interval_parts_must_not_be_negative_and_align_must_be_a_bool() -> None:
+    with pytest.raises(ScheduleError, match=re.escape("interval parts must not be negative (got -1)")):
+        every(seconds=70, minutes=-1)
+    with pytest.raises(ScheduleError, match=re.escape("align must be True or False, not 'no'")):
+        every(10, align="no")  # type: ignore[arg-type]
+    assert every(10, align=False).align is False
