@@ -23,7 +23,12 @@ def __getattr__(name: str) -> object:
         from .api import Schedules
 
         return Schedules
+    if name in ("EntryNotFound", "EntryDamaged", "StaticEntry"):
+        from . import registry
+
+        return getattr(registry, name)
     raise AttributeError(name)
 
 
-__all__ = ["Scheduler", "Schedules", "every", "pattern", "DefinitionError", "ScheduleError", "__version__"]
+__all__ = ["Scheduler", "Schedules", "every", "pattern", "DefinitionError", "ScheduleError", "EntryNotFound", "EntryDamaged",
+           "StaticEntry", "__version__"]

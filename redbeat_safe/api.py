@@ -14,12 +14,13 @@ from .config import Settings
 from .connection import Client, connect
 from .definitions import EntryDef, build, check_stored_name
 from .dispatch import confirming, publish
-from .registry import EntryDamaged, EntryNotFound
+from .registry import EntryDamaged, EntryNotFound, StaticEntry
+from .schedules import ScheduleError, iso
 from .store import RedisStore, State, split_member
 from .trigger import trigger
 from .views import Dispatch, Entry, Instance, entry_from_stored
 
-__all__ = ["Schedules", "EntryNotFound", "EntryDamaged", "Entry", "Dispatch", "Instance"]
+__all__ = ["Schedules", "EntryNotFound", "EntryDamaged", "StaticEntry", "Entry", "Dispatch", "Instance"]
 
 
 class Schedules:
@@ -50,13 +51,28 @@ class Schedules:
         kwargs: Any = None,
         options: Any = None,
         enabled: bool = True,
+        force: bool = False,
     ) -> str:
         """Create or change an entry; returns created, updated, unchanged, paused or resumed.
 
-        Refuses bad input with DefinitionError before anything is written.
+        Refuses bad input with DefinitionError before anything is written, a
+        schedule that could never fire again (its ``end`` has passed) with
+        ScheduleError, and a change to an entry that comes from a
+        ``beat_schedule`` with StaticEntry unless ``force`` (a beat puts the
+        ``beat_schedule`` definition back when it next starts).
         """
         entry = build(name, task, schedule, args, kwargs, options, default_tz=self.settings.timezone)
-        return registry.upsert(self.store, [entry], "api", enabled=bool(enabled))[name]
+        now, found = self.store.snapshot([name])
+        st = found[name].state
+        changes = st is None or st.definition_hash != entry.definition_hash
+        if changes and entry.schedule.first_after(now) is None:
+            end = entry.schedule.end_ms
+            raise ScheduleError(f"entry {name!r} would never fire: "
+                                + (f"its end {iso(end)} has passed" if end is not None and end <= now else "no tick is left before its end"))
+        static = st is not None and st.source == "static"
+        if static and changes and not force:
+            raise StaticEntry(name, "change")
+        return registry.upsert(self.store, [entry], "static" if static else "api", enabled=bool(enabled))[name]
 
     def get(self, name: str) -> Entry | None:
         """The entry, or None. A damaged entry is returned with ``problem`` set."""
@@ -69,9 +85,15 @@ class Schedules:
         _, rows = self.store.read(self.store.names())
         return [e for e in map(entry_from_stored, rows) if e is not None]
 
-    def remove(self, name: str) -> bool:
-        """Remove an entry, damaged or not; True if it existed. Ticks already claimed are still published."""
+    def remove(self, name: str, force: bool = False) -> bool:
+        """Remove an entry, damaged or not; True if it existed, False if there was none.
+        Ticks already claimed are still published. One from a ``beat_schedule`` raises
+        StaticEntry unless ``force``: a beat creates it again when it next starts."""
         check_stored_name(name)
+        _, found = self.store.snapshot([name])
+        st = found[name].state
+        if st is not None and st.source == "static" and not force:
+            raise StaticEntry(name, "remove")
         return self.store.remove([name]) > 0
 
     def _stored(self, name: str) -> tuple[EntryDef, State]:

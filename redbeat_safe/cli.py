@@ -25,7 +25,7 @@ from . import health as health_checks
 from .api import EntryDamaged, EntryNotFound, Schedules
 from .connection import STORE_ERRORS, redact, refusal
 from .definitions import HIDDEN_CATEGORIES, DefinitionError
-from .schedules import ScheduleError, every, ms_to_datetime, pattern
+from .schedules import Schedule, ScheduleError, ms_to_datetime, zone_name
 from .transfer import ImportRefused, export, import_export, import_redbeat, loads
 from .trigger import new_request_id
 from .views import Entry, printable
@@ -108,23 +108,54 @@ def _emit(as_json: bool, data: Any, human: Callable[[], str]) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else human())
 
 
-def _local(when: datetime) -> datetime:
-    """In the machine's zone; in UTC where that zone would pass year 9999 (a tick at
-    the end of time, east of UTC), which datetime cannot hold."""
+def _in_zone(when: datetime, zone: ZoneInfo) -> datetime:
+    """``when`` in ``zone``; in UTC where that zone would pass year 9999 (a tick at the
+    end of time, east of UTC), which datetime cannot hold."""
     try:
-        return when.astimezone()
+        return when.astimezone(zone)
     except (OverflowError, ValueError):
         return when
 
 
-def _ago(ms: int | None, now: int) -> str:
+def _at(when: datetime | None, zone: ZoneInfo, timespec: str = "seconds") -> str:
+    """A time with its UTC offset, in ``zone``: 2026-12-02 02:30:00+01:00."""
+    return "-" if when is None else _in_zone(when, zone).isoformat(sep=" ", timespec=timespec)
+
+
+def _ago(ms: int | None, now: int, zone: ZoneInfo) -> str:
     if ms is None:
         return "-"
     delta = (ms - now) / 1000
-    when = _local(ms_to_datetime(ms)).strftime("%Y-%m-%d %H:%M:%S")
     span = abs(delta)
     text = f"{span:.0f}s" if span < 120 else f"{span / 60:.0f}m" if span < 7200 else f"{span / 3600:.1f}h"
-    return f"{when} ({'in ' + text if delta >= 0 else text + ' ago'})"
+    return f"{_at(ms_to_datetime(ms), zone)} ({'in ' + text if delta >= 0 else text + ' ago'})"
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(zone_name(name))
+    except ScheduleError as exc:
+        raise Failure(2, f"--tz: {exc}") from None
+
+
+def _shown_zone(e: Entry | None, tz: str | None, app_zone: str) -> ZoneInfo:
+    """Where an entry's times are shown: ``--tz`` if given, else the entry's own zone
+    (a pattern's ``tz``; the app's ``timezone`` for an interval)."""
+    if tz is not None:
+        return _zone(tz)
+    own = getattr(e.schedule, "tz_name", None) if e is not None else None
+    return ZoneInfo(own or app_zone)
+
+
+def _bounds(e: Entry, zone: ZoneInfo) -> str:
+    """start, end and limit, as ``list`` shows them after the schedule."""
+    s = e.schedule
+    if s is None:
+        return ""
+    parts = [] if s.start_ms is None else [f"from {_at(ms_to_datetime(s.start_ms), zone)}"]
+    parts += [] if s.end_ms is None else [f"until {_at(ms_to_datetime(s.end_ms), zone)}"]
+    parts += [f"{e.total_runs} of {s.limit} runs"] * (s.limit is not None)
+    return "".join(", " + p for p in parts)
 
 
 def _shown(value: Any) -> str:
@@ -149,6 +180,7 @@ def _now() -> int:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+tz_option = click.option("--tz", "show_tz", help="Show times in this IANA zone (default: each entry's own zone).")
 
 
 @click.group(name="schedules")
@@ -158,16 +190,20 @@ def schedules(ctx: click.Context) -> None:
 
 
 @schedules.command(name="list")
+@tz_option
 @json_option
 @click.pass_context
 @_handled
-def list_(ctx: click.Context, as_json: bool) -> None:
-    """Every entry with its schedule, next and last tick."""
-    entries = _api(ctx).list()
+def list_(ctx: click.Context, show_tz: str | None, as_json: bool) -> None:
+    """Every entry with its schedule (and start, end, limit), next and last tick, in the
+    entry's zone with the UTC offset."""
+    api = _api(ctx)
+    entries = api.list()
     now = _now()
+    zones = {e.name: _shown_zone(e, show_tz, api.settings.timezone) for e in entries}
     rows = [
-        (e.name, "?" if e.schedule is None else e.schedule.human(), e.task or "?", _enabled(e),
-         _ago(_ms(e.next_tick), now), _ago(_ms(e.last_tick), now), e.total_runs, e.source)
+        (e.name, ("?" if e.schedule is None else e.schedule.human()) + _bounds(e, zones[e.name]), e.task or "?", _enabled(e),
+         _ago(_ms(e.next_tick), now, zones[e.name]), _ago(_ms(e.last_tick), now, zones[e.name]), e.total_runs, e.source)
         for e in entries
     ]
     damaged = [f"  {_shown(e.name)}: {_shown(e.problem)}" for e in entries if e.problem]
@@ -182,55 +218,174 @@ def _enabled(e: Entry) -> str:
     return "finished" if e.finished else ("yes" if e.enabled else "paused")
 
 
+_TIMES = ("next_tick", "last_tick", "created_at", "updated_at")
+
+
 @schedules.command()
 @click.argument("name")
+@tz_option
 @json_option
 @click.pass_context
 @_handled
-def show(ctx: click.Context, name: str, as_json: bool) -> None:
-    """One entry in full."""
-    e = _api(ctx).get(name)
+def show(ctx: click.Context, name: str, show_tz: str | None, as_json: bool) -> None:
+    """One entry in full; times in its zone with the UTC offset (--json: UTC)."""
+    api = _api(ctx)
+    e = api.get(name)
     if e is None:
         raise EntryNotFound(name)
     data = e.as_dict()
-    _emit(as_json, data, lambda: "\n".join(f"{k:>13}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in data.items()))
+    zone = _shown_zone(e, show_tz, api.settings.timezone)
+
+    def human() -> str:
+        shown = {k: (_at(getattr(e, k), zone, "milliseconds") if k in _TIMES else v) for k, v in data.items()}
+        shown["zone"] = zone.key
+        return "\n".join(f"{k:>13}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in shown.items())
+
+    _emit(as_json, data, human)
+
+
+_DEFINITION_OPTIONS = [
+    click.option("--task", help="Task name to send."),
+    click.option("--every", "interval", help="Interval: 30s, 5m, 1h30m, 1d."),
+    click.option("--pattern", "expr", help="Cron pattern, 5 fields or 6 with seconds first."),
+    click.option("--tz", help="IANA zone of the pattern (default: the app's timezone)."),
+    click.option("--align/--no-align", default=None, help="--every only: ticks on multiples of the interval (UTC) instead of from creation."),
+    click.option("--args", "args_json", help="Positional arguments, a JSON array."),
+    click.option("--kwargs", "kwargs_json", help="Keyword arguments, a JSON object."),
+    click.option("--queue", help="Queue to route to."),
+    click.option("--options", "options_json", help="apply_async options, a JSON object (e.g. '{\"routing_key\": \"r\"}')."),
+    click.option("--expires", help="Celery's expires option: a worker discards the message this long after it is sent (30s, 5m)."),
+    click.option("--priority", type=click.IntRange(0, 255), help="Message priority, 0-255."),
+    click.option("--start", help="ISO date-time of the first tick (naive = the app's timezone); edit: 'none' clears it."),
+    click.option("--end", help="ISO date-time after which it stops; edit: 'none' clears it."),
+    click.option("--limit", type=click.IntRange(min=0), help="At most this many runs; edit: 0 clears it."),
+    click.option("--catchup", type=click.Choice(["coalesce", "skip", "all"]), help="Missed-tick policy for this entry."),
+    click.option("--force", is_flag=True, help="Change an entry that comes from a beat_schedule anyway (until a beat next starts)."),
+]
+
+
+def _definition_options(fn: F) -> F:
+    for option in reversed(_DEFINITION_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _edited(api: Schedules, current: Entry | None, c: dict[str, Any]) -> tuple[str, Schedule, list[Any], dict[str, Any], dict[str, Any]]:
+    """The definition ``add`` (``current`` None) or ``edit`` writes: what is given
+    replaces what is stored; everything else is kept."""
+    zone = api.settings.timezone
+    if current is None and (c["interval"] is None) == (c["expr"] is None):
+        raise Failure(2, "give exactly one of --every or --pattern")
+    if c["interval"] is not None and c["expr"] is not None:
+        raise Failure(2, "give at most one of --every or --pattern")
+    if current is not None and current.schedule is None:
+        raise Failure(2, f"{_shown(current.name)!r} is damaged; `add` it again with its whole definition")
+    spec: dict[str, Any] = {} if current is None else dict(current.schedule.to_json())  # type: ignore[union-attr]
+    common = {k: spec.get(k) for k in ("start", "end", "limit", "catchup")}
+    if c["interval"] is not None:
+        spec = {"kind": "every", "interval_ms": round(parse_interval(c["interval"]) * 1000)}
+    elif c["expr"] is not None:
+        spec = {"kind": "pattern", "expr": c["expr"], "tz": spec.get("tz") if spec.get("kind") == "pattern" else None}
+    if c["tz"] is not None:
+        if spec.get("kind") != "pattern":
+            raise Failure(2, "--tz applies to --pattern only")
+        spec["tz"] = c["tz"]
+    if c["align"] is not None:
+        if spec.get("kind") != "every":
+            raise Failure(2, "--align applies to --every only")
+        spec["align"] = c["align"]
+    for key in ("start", "end"):
+        if c[key] is not None:
+            cleared = c[key].lower() == "none" and current is not None
+            common[key] = None if cleared else _ms(_when(c[key], zone, f"--{key}"))
+    if c["limit"] is not None:
+        if c["limit"] == 0 and current is None:
+            raise Failure(2, "--limit must be at least 1")
+        common["limit"] = c["limit"] or None
+    if c["catchup"] is not None:
+        common["catchup"] = c["catchup"]
+    spec.update({k: v for k, v in common.items() if v is not None})
+    for key in ("start", "end", "limit", "catchup"):
+        if common[key] is None:
+            spec.pop(key, None)
+    if spec.get("kind") == "pattern" and spec.get("tz") is None:
+        spec["tz"] = zone
+    sched = Schedule.from_json(spec)
+    task = c["task"] or (current.task if current is not None else None)
+    if not task:
+        raise Failure(2, "--task is required")
+    args = _json_arg(c["args_json"], list, "--args")
+    kwargs = _json_arg(c["kwargs_json"], dict, "--kwargs")
+    options = dict(current.options) if current is not None else {}
+    options.update(_json_arg(c["options_json"], dict, "--options") or {})
+    if c["queue"]:
+        options["queue"] = c["queue"]
+    if c["expires"] is not None:
+        options["expires"] = parse_interval(c["expires"])
+    if c["priority"] is not None:
+        options["priority"] = c["priority"]
+    return (task, sched, list(current.args) if args is None and current is not None else (args or []),
+            dict(current.kwargs) if kwargs is None and current is not None else (kwargs or {}), options)
+
+
+def _known_task(ctx: click.Context, task: str) -> None:
+    """Warn (stderr, still exit 0) when the app does not know ``task``: a beat sends it
+    by name anyway, and a worker without it rejects the message."""
+    app = ctx.obj.app
+    try:
+        app.loader.import_default_modules()
+        known = task in app.tasks
+    except Exception:  # noqa: BLE001 - the app's own modules failing to import is not ours to report here
+        return
+    if not known:
+        click.echo(f"warning: the app does not know a task named {_shown(task)!r} (a typo, or a task only the workers "
+                   "import?); beats send it by name", err=True)
+
+
+def _write(ctx: click.Context, name: str, current: Entry | None, c: dict[str, Any], enabled: bool | None, as_json: bool) -> None:
+    api = _api(ctx)
+    task, sched, args, kwargs, options = _edited(api, current, c)
+    outcome = api.upsert(name, task, sched, args, kwargs, options or None,
+                         enabled=current.enabled if enabled is None and current is not None else enabled is not False,
+                         force=c["force"])
+    if current is None or c["task"]:
+        _known_task(ctx, task)
+    e = api.get(name)
+    zone = _shown_zone(e, None, api.settings.timezone)
+    static = e is not None and e.source == "static"
+    note = "; a beat puts its beat_schedule definition back when it next starts" if static and outcome != "unchanged" else ""
+    data = {"outcome": outcome, "entry": e.as_dict() if e else None, "reverted_at_next_beat_start": bool(note)}
+    _emit(as_json, data, lambda: f"{name}: {outcome}; next tick {_ago(_ms(e.next_tick) if e else None, _now(), zone)}{note}")
 
 
 @schedules.command()
 @click.argument("name")
-@click.option("--task", required=True, help="Task name to send.")
-@click.option("--every", "interval", help="Interval: 30s, 5m, 1h30m, 1d.")
-@click.option("--pattern", "expr", help="Cron pattern, 5 fields or 6 with seconds first.")
-@click.option("--tz", help="IANA zone of the pattern (default: the app's timezone).")
-@click.option("--args", "args_json", help="Positional arguments, a JSON array.")
-@click.option("--kwargs", "kwargs_json", help="Keyword arguments, a JSON object.")
-@click.option("--queue", help="Queue to route to.")
-@click.option("--start", help="ISO date-time of the first tick (naive = the app's timezone).")
-@click.option("--end", help="ISO date-time after which it stops.")
-@click.option("--limit", type=int, help="At most this many runs.")
-@click.option("--catchup", type=click.Choice(["coalesce", "skip", "all"]), help="Missed-tick policy for this entry.")
+@_definition_options
 @click.option("--paused", is_flag=True, help="Create it paused.")
 @json_option
 @click.pass_context
 @_handled
-def add(ctx: click.Context, name: str, task: str, interval: str | None, expr: str | None, tz: str | None,
-        args_json: str | None, kwargs_json: str | None, queue: str | None, start: str | None, end: str | None,
-        limit: int | None, catchup: str | None, paused: bool, as_json: bool) -> None:
-    """Create or change an entry (idempotent)."""
-    api = _api(ctx)
-    zone = api.settings.timezone
-    if (interval is None) == (expr is None):
-        raise Failure(2, "give exactly one of --every or --pattern")
-    if tz is not None and expr is None:
-        raise Failure(2, "--tz applies to --pattern only")
-    common: dict[str, Any] = {"start": _when(start, zone, "--start"), "end": _when(end, zone, "--end"), "limit": limit, "catchup": catchup}
-    sched = every(parse_interval(interval), **common) if interval is not None else pattern(expr or "", tz=tz, **common)
-    options = {"queue": queue} if queue else None
-    outcome = api.upsert(name, task, sched, _json_arg(args_json, list, "--args") or (), _json_arg(kwargs_json, dict, "--kwargs"),
-                         options, enabled=not paused)
-    e = api.get(name)
-    data = {"outcome": outcome, "entry": e.as_dict() if e else None}
-    _emit(as_json, data, lambda: f"{name}: {outcome}; next tick {_ago(_ms(e.next_tick) if e else None, _now())}")
+def add(ctx: click.Context, /, name: str, paused: bool, as_json: bool, **given: Any) -> None:
+    """Create or replace an entry (idempotent): the whole definition is given. Refused
+    (exit 2) when it could never fire; warns when the app does not know the task."""
+    _write(ctx, name, None, given, False if paused else True, as_json)
+
+
+@schedules.command()
+@click.argument("name")
+@_definition_options
+@json_option
+@click.pass_context
+@_handled
+def edit(ctx: click.Context, /, name: str, as_json: bool, **given: Any) -> None:
+    """Change some fields of an entry (e.g. --kwargs) and keep the rest. A new schedule
+    restarts its phase; new arguments or options keep the next tick."""
+    if not any(v not in (None, False) for k, v in given.items() if k != "force"):
+        raise Failure(2, "nothing to change: give at least one option (see --help)")
+    current = _api(ctx).get(name)
+    if current is None:
+        raise EntryNotFound(name)
+    _write(ctx, name, current, given, None, as_json)
 
 
 _HELP = {
@@ -252,13 +407,19 @@ def _simple(verb: str, action: Callable[[Schedules, str], Any]) -> None:
         _emit(as_json, {"name": name, "result": result}, lambda: f"{name}: {result}")
 
 
-def _remove(api: Schedules, name: str) -> str:
-    if not api.remove(name):
+@schedules.command(name="remove", help=_HELP["remove"])
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Remove an entry that comes from a beat_schedule anyway (a beat creates it again when it next starts).")
+@json_option
+@click.pass_context
+@_handled
+def remove_(ctx: click.Context, name: str, force: bool, as_json: bool) -> None:
+    api = _api(ctx)
+    e = api.get(name)
+    if e is None or not api.remove(name, force=force):
         raise EntryNotFound(name)
-    return "removed"
-
-
-_simple("remove", _remove)
+    result = "removed" + ("; a beat creates it again from its beat_schedule when it next starts" if e.source == "static" else "")
+    _emit(as_json, {"name": name, "result": "removed", "static": e.source == "static"}, lambda: f"{name}: {result}")
 _simple("pause", lambda api, name: api.pause(name))
 _simple("resume", lambda api, name: api.resume(name))
 
@@ -278,19 +439,52 @@ def trigger_(ctx: click.Context, name: str, request_id: str | None, as_json: boo
 @schedules.command()
 @click.argument("name")
 @click.option("--limit", default=20, show_default=True, help="How many of the latest dispatches.")
+@tz_option
 @json_option
 @click.pass_context
 @_handled
-def history(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
-    """The latest dispatches of an entry: nominal tick, task id, instance, time published."""
+def history(ctx: click.Context, name: str, limit: int, show_tz: str | None, as_json: bool) -> None:
+    """The latest dispatches of an entry: nominal tick (in its zone, with the UTC offset),
+    task id, instance, how late it was published."""
     api = _api(ctx)
-    if api.get(name) is None:
+    e = api.get(name)
+    if e is None:
         raise EntryNotFound(name)
+    zone = _shown_zone(e, show_tz, api.settings.timezone)
     rows = api.history(name, limit)
-    table = [(_local(d.tick).isoformat(timespec="milliseconds"), d.kind, d.task_id, d.instance,
+    table = [(_at(d.tick, zone, "milliseconds"), d.kind, d.task_id, d.instance,
               f"{(_ms(d.published_at) or 0) - d.tick_ms:+d} ms") for d in rows]
     _emit(as_json, [d.as_dict() for d in rows],
           lambda: _table(("TICK", "KIND", "TASK ID", "BY", "PUBLISHED"), table) if table else "no dispatches yet")
+
+
+@schedules.command(name="next")
+@click.argument("name")
+@click.option("-n", "count", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many ticks.")
+@tz_option
+@json_option
+@click.pass_context
+@_handled
+def next_(ctx: click.Context, name: str, count: int, show_tz: str | None, as_json: bool) -> None:
+    """Preview the next ticks of an entry, from its stored next tick (local time and UTC)."""
+    api = _api(ctx)
+    e = api.get(name)
+    if e is None:
+        raise EntryNotFound(name)
+    zone = _shown_zone(e, show_tz, api.settings.timezone)
+    if e.problem or e.schedule is None:
+        raise Failure(1, f"{_shown(name)!r} is damaged: {_shown(e.problem)}")
+    ticks: list[int] = []
+    why = "paused: no tick until it is resumed" if not e.enabled else "finished: no tick is left" if e.next_tick is None else ""
+    if not why:
+        left = count if e.schedule.limit is None else max(0, min(count, e.schedule.limit - e.total_runs))
+        first = _ms(e.next_tick)
+        ticks = [] if first is None or left == 0 else e.schedule.ticks_from(first, 2**62, left)
+    utc = ZoneInfo("UTC")
+    data = {"name": name, "zone": zone.key, "ticks": [{"tick_ms": t, "local": _at(ms_to_datetime(t), zone).replace(" ", "T"),
+                                                        "utc": ms_to_datetime(t).isoformat()} for t in ticks], "note": why or None}
+    rows = [(i + 1, _at(ms_to_datetime(t), zone), _at(ms_to_datetime(t), utc)) for i, t in enumerate(ticks)]
+    _emit(as_json, data, lambda: why or _table(("#", f"LOCAL ({zone.key})", "UTC"), rows))
 
 
 @schedules.command()
@@ -316,10 +510,10 @@ def _age(ms: int | None) -> str:
     return "-" if ms is None else f"{ms / 1000:.1f}s ago"
 
 
-def _beats_table(instances: list[dict[str, Any]]) -> str:
+def _beats_table(instances: list[dict[str, Any]], zone: ZoneInfo) -> str:
     """Live beats as a table; beats that stopped heartbeating (not yet pruned) on one line."""
     live = [(i["id"], i["host"], i["pid"], i["version"], _age(i["heartbeat_age_ms"]), i["ticks_dispatched"], i["static_entries"],
-             i["started"] or "-") for i in instances if i["alive"]]
+             _at(datetime.fromisoformat(i["started"]), zone) if i["started"] else "-") for i in instances if i["alive"]]
     out = _table(("INSTANCE", "HOST", "PID", "VERSION", "HEARTBEAT", "TICKS SENT", "STATIC", "STARTED"), live) if live else "no beat alive"
     dead = [f"{_shown(i['id'])} (last heartbeat {_age(i['heartbeat_age_ms'])})" for i in instances if not i["alive"]]
     if dead:
@@ -328,20 +522,23 @@ def _beats_table(instances: list[dict[str, Any]]) -> str:
 
 
 @schedules.command()
+@tz_option
 @json_option
 @click.pass_context
 @_handled
-def instances(ctx: click.Context, as_json: bool) -> None:
-    """Live beats: host, pid, version, last heartbeat's age, ticks sent."""
-    rows = [i.as_dict() for i in _api(ctx).instances()]
-    _emit(as_json, rows, lambda: _beats_table(rows))
+def instances(ctx: click.Context, show_tz: str | None, as_json: bool) -> None:
+    """Live beats: host, pid, version, last heartbeat's age, ticks sent, when it started."""
+    api = _api(ctx)
+    rows = [i.as_dict() for i in api.instances()]
+    _emit(as_json, rows, lambda: _beats_table(rows, _zone(show_tz or api.settings.timezone)))
 
 
 @schedules.command()
+@tz_option
 @json_option
 @click.pass_context
 @_handled
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, show_tz: str | None, as_json: bool) -> None:
     """Beats, entries due in the next minute, ticks in flight, the most late entry.
     Exit 0 when all is well (the `health` checks pass with their defaults and no entry
     is damaged), else 1 with the problems listed last."""
@@ -354,10 +551,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
                                    "(see `list`)"] * bool(data["damaged"])
     data["problems"] = problems
 
+    zone = _zone(show_tz or api.settings.timezone)
+
     def human() -> str:
         now = data["now_ms"]
-        lines = [f"redis {data['redis']}  keys {{{data['prefix']}}}:*", "", _beats_table(data["instances"]), ""]
-        soon = [(d["name"], _ago(d["tick_ms"], now)) for d in data["due_next_minute"]]
+        lines = [f"redis {data['redis']}  keys {{{data['prefix']}}}:*  times in {zone.key}", "", _beats_table(data["instances"], zone), ""]
+        soon = [(d["name"], _ago(d["tick_ms"], now, zone)) for d in data["due_next_minute"]]
         lines.append(_table(("DUE IN THE NEXT MINUTE", "TICK"), soon) if soon else "nothing due in the next minute")
         lines.append(f"in flight: {len(data['in_flight'])} tick(s)" + "".join(
             f"\n  {_shown(f['name'])} @ {f['tick_ms']} (lease {f['lease_left_ms'] / 1000:.1f}s left)"
@@ -408,9 +607,10 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, show_args
 
 
 @schedules.command(name="export")
+@click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry: the export is always JSON.")
 @click.pass_context
 @_handled
-def export_(ctx: click.Context) -> None:
+def export_(ctx: click.Context, as_json: bool) -> None:
     """Write every entry as JSON to stdout (for `import`)."""
     click.echo(json.dumps(export(_api(ctx).store), indent=2, sort_keys=True))
 
@@ -428,7 +628,7 @@ def import_(ctx: click.Context, file: Any, dry_run: bool, as_json: bool) -> None
     except ImportRefused as exc:
         raise Failure(2, f"{file.name}: {exc}; nothing was written") from None
     report = import_export(_api(ctx).store, data, dry_run=dry_run)
-    _emit(as_json, report.as_dict(), lambda: _table(("NAME", "RESULT"), sorted(report.results.items())))
+    _emit(as_json, report.as_dict(), lambda: _table(("NAME", "RESULT"), report.rows()))
 
 
 @schedules.command(name="import-redbeat")
@@ -449,7 +649,17 @@ def import_redbeat_(ctx: click.Context, redbeat_prefix: str | None, redbeat_url:
         report = import_redbeat(api.store, source, prefix, api.settings.timezone, dry_run=dry_run)
     finally:
         source.close()
-    rows = sorted(report.results.items()) + [(k, f"NOT CONVERTED: {v}") for k, v in sorted(report.skipped.items())]
-    _emit(as_json, report.as_dict(), lambda: _table(("ENTRY", "RESULT"), rows) if rows else f"no celery-redbeat entries under {prefix!r}")
+    rows = report.rows()
+    if not rows:
+        hint = ""
+        if not prefix.endswith(":"):
+            probe = redis.Redis.from_url(url, socket_timeout=10)
+            try:
+                if probe.exists(prefix + "::schedule"):
+                    hint = f"; there are some under {prefix + ':'!r}: celery-redbeat's prefixes end with a colon"
+            finally:
+                probe.close()
+        raise Failure(1, f"no celery-redbeat entries under {prefix!r} (no {prefix + ':schedule'!r} key){hint}")
+    _emit(as_json, report.as_dict(), lambda: _table(("ENTRY", "RESULT"), rows))
     if report.skipped:
         sys.exit(2)

@@ -109,6 +109,9 @@ class Engine:
         self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.registered = False
         self.published = 0
+        #: when this process started scheduling (wall clock ms); kept when it registers
+        #: again after Redis restarted empty, so `status` says when the process started
+        self.started_ms = int(time.time() * 1000)
         self._epoch = ""
         self._acks: list[Ack] = []
         #: claims this instance holds and has not published: member -> its lease deadline (server ms)
@@ -150,7 +153,7 @@ class Engine:
         info = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "started": int(time.time() * 1000),
+            "started": self.started_ms,
             "version": __version__,
             "ttl": self.heartbeat_ms,
             "live": self.live_ms,
@@ -322,11 +325,11 @@ class Engine:
                     self._report(name, f"the definition tick {tick} was claimed under is missing; sending it with the current one")
             entry = self._parse(name, raw)
             if entry is None:
-                self._report(name, f"dropping tick {tick} ({iso(tick)}): nothing to publish it with", level=logging.ERROR)
+                self._report(name, f"dropping {self._tick(name, tick)}: nothing to publish it with", level=logging.ERROR)
                 self._acks.append(Ack(r.member, "", "x"))  # nothing publishable; drop the record
                 continue
             self._hold([r.member], peek.now)
-            logger.warning("redbeat_safe: re-publishing %s tick %d (%s), whose claim expired unacknowledged", name, tick, iso(tick))
+            logger.warning("redbeat_safe: re-publishing %s, whose claim expired unacknowledged", self._tick(name, tick))
             if not self._send(entry, name, tick, kind="r"):
                 return
 
@@ -414,11 +417,16 @@ class Engine:
         """
         return time.monotonic() - self._lease_start < self.settings.lease_ms / 1000.0 * 0.8
 
+    def _tick(self, name: str, tick: int) -> str:
+        """How a log line names one tick: entry, ms, ISO time and task id, so a line can
+        be matched with the broker's and the worker's logs."""
+        return f"{name} tick {tick} ({iso(tick)}, task id {task_id_for(self.settings.key_prefix, name, tick)})"
+
     def _send(self, entry: EntryDef, name: str, tick: int, kind: str = "s") -> bool:
         """Publish one tick; False (and leave it in flight for the reaper) on a transient failure."""
         m = member(name, tick)
         if not self._lease_left():
-            logger.warning("redbeat_safe: the lease on %s tick %d ran out before it was published; leaving it to the reaper", name, tick)
+            logger.warning("redbeat_safe: the lease on %s ran out before it was published; leaving it to the reaper", self._tick(name, tick))
             return False
         task_id = task_id_for(self.settings.key_prefix, name, tick)
         logger.info("Scheduler: Sending due task %s (%s) for tick %d (%s), task id %s", name, entry.task, tick, iso(tick), task_id)
@@ -429,11 +437,12 @@ class Engine:
         except PublishError as exc:
             self.observer.published(time.monotonic() - started, False)
             if exc.transient:
-                logger.error("redbeat_safe: publishing %s tick %d failed (%s); it stays claimed and is retried after the lease", name, tick, exc)
+                logger.error("redbeat_safe: publishing %s failed (%s); it stays claimed and is retried after the lease",
+                             self._tick(name, tick), exc)
                 return False
             # Retrying cannot help (arguments the task refuses, an unserialisable
             # value): Celery's beat would drop the tick too, but we say so loudly.
-            logger.error("redbeat_safe: dropping %s tick %d: %s (retrying would fail the same way)", name, tick, exc)
+            logger.error("redbeat_safe: dropping %s: %s (retrying would fail the same way)", self._tick(name, tick), exc)
             kind = "x"
         self._unpublished.pop(m, None)
         self._acks.append(Ack(m, task_id, kind))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .definitions import DefinitionError, EntryDef, check_name
 from .store import RedisStore, State, Stored, UpsertItem
 
-__all__ = ["State", "Restore", "upsert", "read_entry", "EntryNotFound", "EntryDamaged", "ATTEMPTS"]
+__all__ = ["State", "Restore", "upsert", "read_entry", "EntryNotFound", "EntryDamaged", "StaticEntry", "ATTEMPTS"]
 
 CHUNK = 500
 ATTEMPTS = 20
@@ -60,6 +60,16 @@ def read_entry(store: RedisStore, name: str) -> tuple[EntryDef, State, Stored]:
         except DefinitionError as exc:
             problem = f"its definition cannot be read: {exc}"
     raise EntryDamaged(name, problem or "its records are incomplete")
+
+
+class StaticEntry(DefinitionError):
+    """The entry comes from a ``beat_schedule``: a beat writes that definition back when
+    it next starts, so changing or removing it elsewhere needs ``force``."""
+
+    def __init__(self, name: str, verb: str) -> None:
+        super().__init__(f"entry {name!r} comes from a beat_schedule: a beat puts that definition back when it next starts, "
+                         f"so {verb} it in the beat_schedule; or force it (CLI: --force) to {verb} it until then")
+        self.name = name
 
 
 @dataclass
@@ -128,11 +138,14 @@ def upsert(
     *,
     from_now: bool = True,
     restore: Mapping[str, Restore] | None = None,
+    dry_run: bool = False,
 ) -> dict[str, str]:
     """Write entries idempotently; returns name -> created/updated/unchanged/paused/resumed/adopted/repaired.
 
     ``source`` is "static" or "api", or one per entry name. ``restore`` gives
     entries that do not exist yet their next tick, runs and last tick.
+    ``dry_run`` makes the same decisions against what is stored and writes
+    nothing: the outcomes a real run would report now.
     """
     results: dict[str, str] = {}
     for start in range(0, len(entries), CHUNK):
@@ -143,7 +156,7 @@ def upsert(
             for name, entry in pending.items():
                 src = source if isinstance(source, str) else source[name]
                 outcome, it = _decide(entry, snap[name], now, src, enabled, from_now, (restore or {}).get(name))
-                if it is None:
+                if it is None or dry_run:
                     results[name] = outcome
                 else:
                     items.append(it)

@@ -19,7 +19,7 @@ from celery import schedules as cs
 from . import registry
 from .definitions import DefinitionError, EntryDef, build, canonical_json, check_name
 from .registry import Restore
-from .schedules import MAX_TICK_MS, ScheduleError, ms_to_datetime, to_ms
+from .schedules import MAX_TICK_MS, ScheduleError, iso, to_ms
 from .store import RedisStore
 
 FORMAT = "redbeat_safe-export"
@@ -34,9 +34,15 @@ class ImportRefused(ValueError):
 class Report:
     results: dict[str, str] = field(default_factory=dict)  #: name -> created/updated/unchanged/...
     skipped: dict[str, str] = field(default_factory=dict)  #: name -> why it was not converted
+    details: dict[str, str] = field(default_factory=dict)  #: name -> what a created entry is (schedule, next tick, paused)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"results": self.results, "skipped": self.skipped}
+        return {"results": self.results, "skipped": self.skipped, "details": self.details}
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(name, what happened) for a table, converted entries first."""
+        done = [(k, v + (f": {self.details[k]}" if k in self.details else "")) for k, v in sorted(self.results.items())]
+        return done + [(k, f"NOT CONVERTED: {v}") for k, v in sorted(self.skipped.items())]
 
 
 def export(store: RedisStore) -> dict[str, Any]:
@@ -66,13 +72,21 @@ def export(store: RedisStore) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "prefix": store.keys.prefix, "exported_at_ms": now, "entries": entries}
 
 
-def _write(store: RedisStore, entries: list[EntryDef], sources: dict[str, str], restore: dict[str, Restore]) -> dict[str, str]:
+#: What a dry run says for each outcome the real run would report.
+WOULD = {"created": "would create", "updated": "would update", "paused": "would pause", "resumed": "would resume",
+         "adopted": "would adopt", "repaired": "would repair", "unchanged": "unchanged"}
+
+
+def _write(store: RedisStore, entries: list[EntryDef], sources: dict[str, str], restore: dict[str, Restore],
+           dry_run: bool = False) -> dict[str, str]:
+    """Write (or, ``dry_run``, decide without writing) the entries; a dry run reports
+    what the real run would report now ("would create", "unchanged", ...)."""
     results: dict[str, str] = {}
     for enabled in (True, False):
         group = [e for e in entries if restore[e.name].enabled is enabled]
         if group:
-            results.update(registry.upsert(store, group, sources, enabled=enabled, restore=restore))
-    return results
+            results.update(registry.upsert(store, group, sources, enabled=enabled, restore=restore, dry_run=dry_run))
+    return {name: WOULD.get(outcome, outcome) for name, outcome in results.items()} if dry_run else results
 
 
 #: The fields of one exported entry; anything else is refused (a typo would be lost silently).
@@ -179,10 +193,7 @@ def import_export(store: RedisStore, data: Any, dry_run: bool = False) -> Report
         shown = "; ".join(dict.fromkeys(problems[:20])) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise ImportRefused(f"{shown}; nothing was written")
     report = Report()
-    if dry_run:
-        report.results = {e.name: "would import" for e in entries}
-        return report
-    report.results = _write(store, entries, sources, restore)
+    report.results = _write(store, entries, sources, restore, dry_run)
     return report
 
 
@@ -228,7 +239,9 @@ def _redbeat_entry(raw_def: Any, raw_meta: Any, tz: str, now_ms: int) -> tuple[E
     else:
         nxt = sched.next_after(last_ms)  # its due time: the next run after the last one
     runs = int(meta.get("total_run_count") or 0)
-    return entry, Restore(next=nxt, runs=runs, last=last_ms, enabled=bool(d.get("enabled", True)))
+    # celery-redbeat writes last_run_at when it creates an entry: with no run counted it
+    # is not a run (it sets the phase above, but shown as "last" it would be a lie)
+    return entry, Restore(next=nxt, runs=runs, last=last_ms if runs else None, enabled=bool(d.get("enabled", True)))
 
 
 def import_redbeat(store: RedisStore, source: redis.Redis, prefix: str, tz: str, dry_run: bool = False) -> Report:
@@ -253,9 +266,10 @@ def import_redbeat(store: RedisStore, source: redis.Redis, prefix: str, tz: str,
             continue
         entries.append(entry)
         restore[entry.name] = rest
-    if dry_run:
-        report.results = {e.name: f"would import: {e.schedule.human()}, next {ms_to_datetime(restore[e.name].next or 0).isoformat()}"
-                          for e in entries}
-        return report
-    report.results = _write(store, entries, {e.name: "api" for e in entries}, restore)
+    report.results = _write(store, entries, {e.name: "api" for e in entries}, restore, dry_run)
+    for e in entries:  # what the outcome alone does not say: the schedule, the next tick, a paused import
+        rest = restore[e.name]
+        if report.results[e.name] in ("created", "would create"):
+            report.details[e.name] = (f"{e.schedule.human()}, next {iso(rest.next or 0)}"
+                                      + ("" if rest.enabled else ", paused (disabled in celery-redbeat)"))
     return report

@@ -18,6 +18,7 @@ from harness import RedisServer, faketime_library, wait_for
 from history import assert_exactly_once, check
 from redbeat_safe import Schedules, every, pattern
 from redbeat_safe.dispatch import task_id_for
+from redbeat_safe.schedules import iso
 from redbeat_safe.store import Keys
 
 
@@ -146,7 +147,8 @@ def test_killed_between_claim_and_publish_the_tick_is_republished_with_the_same_
     messages = beats.broker.messages()
     lost = [m for m in messages if m.tick == ticks[0]]
     assert len(lost) == 1 and lost[0].task_id == task_id_for(beats.prefix, name, ticks[0])
-    assert "re-publishing e tick" in rescuer.output()
+    # the line names the tick as the broker and the worker see it: ISO time and task id
+    assert f"re-publishing e tick {ticks[0]} ({iso(ticks[0])}, task id {lost[0].task_id})" in rescuer.output()
     assert_exactly_once(check(messages, beats.prefix, {"e": every(1)}), min_ticks=3)
 
 

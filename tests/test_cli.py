@@ -139,19 +139,30 @@ def test_import_redbeat_keeps_its_phase_and_reports_what_it_cannot_convert(beats
     c.save()
     c.reschedule(last_run_at=last)
     RedBeatSchedulerEntry("rrule", "beatapp.record", rrule("MINUTELY", dtstart=last), app=app).save()
+    RedBeatSchedulerEntry("off", "beatapp.record", schedule(timedelta(hours=1)), enabled=False, app=app).save()
 
     dry = cli(beats, "import-redbeat", "--redbeat-prefix", rb_prefix, "--redbeat-url", redis_server.url, "--dry-run", "--json")
-    assert dry.returncode == 2 and "rrule" in json.loads(dry.stdout)["skipped"]
+    said = json.loads(dry.stdout)
+    assert dry.returncode == 2 and "rrule" in said["skipped"]
+    assert said["results"] == {"every5": "would create", "cron": "would create", "off": "would create"}
+    assert said["details"]["off"].endswith(", paused (disabled in celery-redbeat)")  # the dry run says so too
     assert redis_server.client().keys("{" + beats.prefix + "}*") == []  # dry run wrote nothing
     real = cli(beats, "import-redbeat", "--redbeat-prefix", rb_prefix, "--redbeat-url", redis_server.url, "--json")
     report = json.loads(real.stdout)
-    assert report["results"] == {"every5": "created", "cron": "created"}, real.stderr
+    assert report["results"] == {"every5": "created", "cron": "created", "off": "created"}, real.stderr
+    assert report["details"] == said["details"]
     assert "no equivalent" in report["skipped"]["rrule"]
+    again = cli(beats, "import-redbeat", "--redbeat-prefix", rb_prefix, "--redbeat-url", redis_server.url, "--dry-run", "--json")
+    assert json.loads(again.stdout)["results"] == {"every5": "unchanged", "cron": "unchanged", "off": "unchanged"}
+    colonless = cli(beats, "import-redbeat", "--redbeat-prefix", rb_prefix.rstrip(":"), "--redbeat-url", redis_server.url)
+    assert colonless.returncode == 1 and f"there are some under {rb_prefix!r}" in colonless.stderr, colonless.stderr
 
     rows = {r["name"]: r for r in ok(cli(beats, "list", "--json"))}
     last_ms = int(last.timestamp() * 1000)
-    assert rows["every5"]["next_tick"] == (last + timedelta(seconds=5)).isoformat()
-    assert rows["every5"]["last_tick"] == last.isoformat()
+    assert rows["every5"]["next_tick"] == (last + timedelta(seconds=5)).isoformat()  # its phase is kept
+    # celery-redbeat wrote that last_run_at without counting a run (save, reschedule): not shown as a run
+    assert rows["every5"]["last_tick"] is None and rows["every5"]["total_runs"] == 0
+    assert rows["off"]["enabled"] is False
     assert rows["cron"]["schedule_spec"]["day_and"] is True  # Celery's crontab semantics kept
     beats.start({}, "a")
     wait_for(lambda: [m for m in beats.broker.messages() if m.entry == "every5"], 15, what="the imported entry to fire")

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import BeatGroup, cli, make_app
@@ -136,3 +137,22 @@ def test_a_standalone_beat_with_a_bad_schedule_still_exits(beats: BeatGroup) -> 
     wait_for(lambda: beat.proc is not None and beat.proc.poll() is not None, 30, what="the beat to exit")
     assert beat.proc is not None and beat.proc.returncode != 0
     assert "args must be a list or tuple, not str" in beat.output()
+
+
+def test_status_says_when_a_beat_started_not_when_it_registered_again(beats: BeatGroup, redis_server: RedisServer) -> None:
+    """Redis restarted empty (here: FLUSHALL, which leaves the same nothing): the beat
+    registers again; `instances`/`status` still show when the process started."""
+    api = Schedules(make_app(redis_server, beats.prefix))
+    a = beats.start(SCHEDULE, "a")
+    a.wait_log("registered 1 static entries")
+    wait_for(lambda: [i for i in api.instances() if i.alive], 15, what="the beat to heartbeat")
+    (before,) = [i for i in api.instances() if i.alive]
+    assert before.started is not None
+    time.sleep(1.5)
+    redis_server.client().flushall()
+    wait_for(lambda: "registering again" in a.output(), 30, what="the beat to register again")
+    wait_for(lambda: [i for i in api.instances() if i.alive], 15, what="the beat to heartbeat again")
+    (after,) = [i for i in api.instances() if i.alive]
+    assert after.id == before.id and after.started == before.started, (before.started, after.started)
+    shown = json.loads(cli(beats, "status", "--json").stdout)
+    assert [i["started"] for i in shown["instances"]] == [before.started.isoformat()]

@@ -351,7 +351,7 @@ def test_a_read_only_operator_reads_everything_and_writes_nothing(beats: BeatGro
         finally:
             served.stop()
         assert store.client().acl_log() == [], store.client().acl_log()  # nothing the reader needed was refused
-        for args in (("remove", "e1"), ("add", "x", "--task", "beatapp.record", "--every", "1s"), ("pause", "e1"), ("trigger", "e1")):
+        for args in (("remove", "e1", "--force"), ("add", "x", "--task", "beatapp.record", "--every", "1s"), ("pause", "e1"), ("trigger", "e1")):
             done = celery(env, tmp_path, "schedules", *args)
             assert done.returncode == 4, (args, done.returncode, done.stderr)
             assert "Redis refused: no permission" in done.stderr and "check the ACL" in done.stderr, done.stderr

@@ -1,0 +1,140 @@
+"""Operator surprises removed (issue 14): times shown with their zone, `next`, `add`'s
+new options and warnings, `edit`, entries from a beat_schedule guarded, dry runs that
+say what the real run does. Real subprocesses of `celery -A beatapp schedules`, real
+Redis, a real beat where the entry must come from a beat_schedule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from conftest import BeatGroup, cli, make_app
+from harness import wait_for
+from redbeat_safe import Schedules, StaticEntry, every
+
+UTC = timezone.utc
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout) if result.stdout.lstrip().startswith(("{", "[")) else result.stdout
+
+
+def test_times_are_shown_in_the_entrys_zone_with_the_offset_or_in_tz(beats: BeatGroup) -> None:
+    ok(cli(beats, "add", "berlin", "--task", "beatapp.record", "--pattern", "30 2 * * *", "--tz", "Europe/Berlin",
+           "--end", "2099-01-01T00:00:00+00:00", "--limit", "500"))
+    listed = ok(cli(beats, "list"))
+    row = next(line for line in listed.splitlines() if line.startswith("berlin"))
+    assert " 02:30:00+01:00 (in " in row or " 02:30:00+02:00 (in " in row, row  # local, labelled
+    assert "until 2099-01-01 01:00:00+01:00" in row and "0 of 500 runs" in row, row  # end and limit shown
+    tokyo = next(line for line in ok(cli(beats, "list", "--tz", "Asia/Tokyo")).splitlines() if line.startswith("berlin"))
+    assert ":30:00+09:00 (in " in tokyo, tokyo
+    shown = ok(cli(beats, "show", "berlin"))
+    assert "zone: Europe/Berlin" in shown and "02:30:00.000+0" in shown
+    assert ok(cli(beats, "show", "berlin", "--json"))["next_tick"].endswith("+00:00")  # machines get UTC
+    bad = cli(beats, "list", "--tz", "Mars/Olympus")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --tz: unknown time zone 'Mars/Olympus'"), bad.stderr
+
+
+def test_next_previews_the_coming_ticks_in_local_time_and_utc(beats: BeatGroup) -> None:
+    ok(cli(beats, "add", "dst", "--task", "beatapp.record", "--pattern", "30 2 * * *", "--tz", "Europe/Berlin"))
+    text = ok(cli(beats, "next", "dst", "-n", "3"))
+    lines = text.splitlines()
+    assert lines[0].split() == ["#", "LOCAL", "(Europe/Berlin)", "UTC"] and len(lines) == 4, text
+    data = ok(cli(beats, "next", "dst", "-n", "20", "--json"))
+    assert len(data["ticks"]) == 20 and data["zone"] == "Europe/Berlin"
+    for t in data["ticks"]:
+        local = datetime.fromisoformat(t["local"])
+        assert local.strftime("%H:%M") == "02:30" or local.strftime("%H:%M") == "03:00"  # 03:00 on a spring-forward day
+        assert datetime.fromisoformat(t["utc"]) == local and int(local.timestamp() * 1000) == t["tick_ms"]
+    ok(cli(beats, "add", "few", "--task", "beatapp.record", "--every", "1h", "--limit", "2"))
+    assert len(ok(cli(beats, "next", "few", "-n", "10", "--json"))["ticks"]) == 2  # the limit is respected
+    ok(cli(beats, "pause", "few"))
+    assert ok(cli(beats, "next", "few")) .strip() == "paused: no tick until it is resumed"
+    assert cli(beats, "next", "ghost").returncode == 1
+
+
+def test_add_refuses_what_never_fires_warns_on_unknown_tasks_and_takes_message_options(beats: BeatGroup) -> None:
+    past = cli(beats, "add", "old", "--task", "beatapp.record", "--every", "10s", "--end", "2020-01-01T00:00:00+00:00")
+    assert past.returncode == 2, past.stderr
+    assert past.stderr.strip() == "error: refused, nothing written: entry 'old' would never fire: its end 2020-01-01T00:00:00.000Z has passed"
+    reversed_ = cli(beats, "add", "rev", "--task", "beatapp.record", "--every", "10s", "--start", "2030-02-01T00:00:00+00:00",
+                    "--end", "2030-01-01T00:00:00+00:00")
+    assert reversed_.returncode == 2 and "end is before start" in reversed_.stderr
+    assert ok(cli(beats, "list")).strip() == "no entries"  # nothing was written
+
+    typo = cli(beats, "add", "t", "--task", "beatapp.recrod", "--every", "10s")
+    assert typo.returncode == 0 and "warning: the app does not know a task named 'beatapp.recrod'" in typo.stderr
+    known = cli(beats, "add", "k", "--task", "beatapp.record", "--every", "10s", "--expires", "30s", "--priority", "3",
+                "--options", '{"routing_key": "rk"}', "--align", "--json")
+    assert known.returncode == 0 and "warning" not in known.stderr, known.stderr
+    entry = json.loads(known.stdout)["entry"]
+    assert entry["options"] == {"expires": 30.0, "priority": 3, "routing_key": "rk"}
+    assert entry["schedule_spec"] == {"kind": "every", "interval_ms": 10000, "align": True}
+    assert cli(beats, "add", "p", "--task", "beatapp.record", "--pattern", "* * * * *", "--align").returncode == 2
+
+
+def test_edit_changes_one_field_and_keeps_the_rest_and_the_next_tick(beats: BeatGroup) -> None:
+    ok(cli(beats, "add", "e", "--task", "beatapp.record", "--every", "1h", "--kwargs", '{"n": 1}', "--queue", "q1"))
+    before = ok(cli(beats, "show", "e", "--json"))
+    after = ok(cli(beats, "edit", "e", "--kwargs", '{"n": 2}', "--json"))
+    assert after["outcome"] == "updated"
+    changed = after["entry"]
+    assert changed["kwargs"] == {"n": 2}
+    assert {k: changed[k] for k in ("task", "schedule_spec", "options", "next_tick", "args")} == \
+        {k: before[k] for k in ("task", "schedule_spec", "options", "next_tick", "args")}  # the rest, and the phase
+    retimed = ok(cli(beats, "edit", "e", "--every", "2h", "--json"))["entry"]
+    assert retimed["schedule_spec"]["interval_ms"] == 7_200_000 and retimed["kwargs"] == {"n": 2}
+    nothing = cli(beats, "edit", "e")
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+    assert cli(beats, "edit", "ghost", "--kwargs", "{}").returncode == 1
+
+
+def test_an_entry_from_a_beat_schedule_is_not_changed_or_removed_silently(beats: BeatGroup) -> None:
+    beats.start({"static": {"every": 1}}, "a").wait_log("registered 1 static entries")
+    changed = cli(beats, "add", "static", "--task", "beatapp.record", "--every", "5s")
+    assert changed.returncode == 2 and "comes from a beat_schedule" in changed.stderr and "--force" in changed.stderr, changed.stderr
+    removed = cli(beats, "remove", "static")
+    assert removed.returncode == 2 and "comes from a beat_schedule" in removed.stderr
+    forced = ok(cli(beats, "add", "static", "--task", "beatapp.record", "--every", "5s", "--force"))
+    assert "a beat puts its beat_schedule definition back when it next starts" in forced, forced
+    shown = ok(cli(beats, "show", "static", "--json"))
+    assert shown["source"] == "static" and shown["schedule_spec"]["interval_ms"] == 5000  # changed, still static
+    gone = ok(cli(beats, "remove", "static", "--force"))
+    assert gone.strip() == "static: removed; a beat creates it again from its beat_schedule when it next starts"
+    beats.stop_all()
+    beats.start({"static": {"every": 1}}, "b").wait_log("registered 1 static entries")
+    assert ok(cli(beats, "show", "static", "--json"))["schedule_spec"]["interval_ms"] == 1000  # put back, as said
+
+    api = Schedules(make_app(beats.server, beats.prefix))
+    try:
+        api.upsert("static", "beatapp.record", every(7))
+    except StaticEntry as exc:
+        assert "comes from a beat_schedule" in str(exc)
+    else:
+        raise AssertionError("the API changed a beat_schedule entry without force")
+    assert api.upsert("static", "beatapp.record", every(7), force=True) == "updated"
+    assert api.remove("ghost") is False and api.get("ghost") is None and api.history("ghost") == []  # the one rule
+
+
+def test_import_dry_run_reports_what_the_real_run_reports(beats: BeatGroup) -> None:
+    ok(cli(beats, "add", "a", "--task", "beatapp.record", "--every", "1h"))
+    exported = cli(beats, "export", "--json").stdout
+    same = ok(cli(beats, "import", "-", "--dry-run", "--json", stdin=exported))
+    real = ok(cli(beats, "import", "-", "--json", stdin=exported))
+    assert same["results"] == real["results"] == {"a": "unchanged"}
+    other = beats.prefix + "x"
+    fresh = ok(cli(beats, "import", "-", "--dry-run", "--json", stdin=exported, prefix=other))
+    assert fresh["results"] == {"a": "would create"}
+    assert ok(cli(beats, "list", prefix=other)).strip() == "no entries"
+    assert ok(cli(beats, "import", "-", "--json", stdin=exported, prefix=other))["results"] == {"a": "created"}
+
+
+def test_started_is_shown_in_the_zone_asked_for(beats: BeatGroup) -> None:
+    beats.start({"s": {"every": 1}}, "a").wait_log("registered 1 static entries")
+    wait_for(lambda: ok(cli(beats, "instances", "--json")), 15, what="the beat to register")
+    text = ok(cli(beats, "instances", "--tz", "Asia/Kolkata"))
+    started = datetime.fromisoformat(ok(cli(beats, "instances", "--json"))[0]["started"])
+    assert started.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat(sep=" ", timespec="seconds") in text, text
