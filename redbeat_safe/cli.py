@@ -606,6 +606,30 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, show_args
         httpd.server_close()
 
 
+@schedules.command()
+@click.option("--yes", is_flag=True, help="Really delete (without it: say what would be deleted, delete nothing).")
+@click.option("--force", is_flag=True, help="Delete even while beats are alive (they register again at once and recreate their beat_schedule).")
+@json_option
+@click.pass_context
+@_handled
+def purge(ctx: click.Context, yes: bool, force: bool, as_json: bool) -> None:
+    """Delete every key of this prefix: entries, history, instances, everything. For
+    uninstalling, or starting over: stop every beat first (refused while one is alive)."""
+    api = _api(ctx)
+    keys = api.store.all_keys()
+    alive = [i for i in api.instances() if i.alive]
+    where = f"{{{api.settings.key_prefix}}}:* at {redact(api.settings.redis_url)}"
+    if alive and not force:
+        raise Failure(2, f"{len(alive)} beat(s) alive ({', '.join(_shown(i.id) for i in alive)}): stop them first, "
+                         "or --force (a running beat registers again and recreates its beat_schedule entries)")
+    if not yes:
+        _emit(as_json, {"keys": len(keys), "deleted": 0, "dry_run": True},
+              lambda: f"would delete {len(keys)} key(s) under {where}; run again with --yes to delete them")
+        return
+    deleted = api.store.delete_keys(keys)
+    _emit(as_json, {"keys": len(keys), "deleted": deleted, "dry_run": False}, lambda: f"deleted {deleted} key(s) under {where}")
+
+
 @schedules.command(name="export")
 @click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry: the export is always JSON.")
 @click.pass_context

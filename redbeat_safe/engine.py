@@ -18,13 +18,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from celery.exceptions import ImproperlyConfigured
+
 from . import __version__, registry
 from .catchup import Plan, plan
 from .config import Settings
 from .definitions import DefinitionError, EntryDef
 from .dispatch import task_id_for
 from .schedules import iso
-from .store import ASIDE, CHANGED, CLAIMED, Ack, ClaimItem, Due, Peek, RedisStore, definition_hash, member
+from .store import ASIDE, CHANGED, CLAIMED, LAYOUT, Ack, ClaimItem, Due, Peek, RedisStore, definition_hash, member
 
 logger = logging.getLogger("redbeat_safe")
 
@@ -58,6 +60,10 @@ class PublishError(Exception):
 
 #: (entry, entry name, nominal tick ms) -> None; raises PublishError
 Publish = Callable[[EntryDef, str, int], None]
+
+
+class LayoutRefused(ImproperlyConfigured):  # type: ignore[misc]
+    """The store's keys use a layout this version does not know: a beat must not touch them."""
 
 
 class Observer:
@@ -159,7 +165,12 @@ class Engine:
             "live": self.live_ms,
             "static": [e.name for e in self.static_entries],
         }
-        _, self._epoch = self.store.register(self.instance_id, self.heartbeat_ms, json.dumps(info), uuid.uuid4().hex)
+        _, self._epoch, layout = self.store.register(self.instance_id, self.heartbeat_ms, json.dumps(info), uuid.uuid4().hex)
+        if layout != LAYOUT:  # the script wrote nothing
+            raise LayoutRefused(
+                f"redbeat_safe: the keys under {{{self.settings.key_prefix}}}: use key layout {layout!r}, and this version "
+                f"({__version__}) knows layout {LAYOUT!r} only: it does not read or write them. Run the version that wrote them "
+                "(or a newer one), or give this beat another redbeat_safe_key_prefix; see docs/upgrading.md")
         results = registry.upsert(self.store, self.static_entries, "static")
         self._prune()
         self.registered = True

@@ -31,7 +31,7 @@ from .config import Settings
 from .connection import STORE_ERRORS, Client, connect, refusal, warn_once
 from .definitions import DefinitionError, EntryDef, from_beat_entry
 from .dispatch import confirming, publish
-from .engine import Engine, PublishError
+from .engine import Engine, LayoutRefused, PublishError
 from .store import RedisStore
 
 logger = get_logger(__name__)
@@ -115,6 +115,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._refusals: dict[str, float] = {}
         self._failures: dict[str, float] = {}
         self._unknown_tasks: set[str] = set()
+        self._foreign_layout = False  #: the store's keys have a layout this version must not write to
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
     # -- Celery's contract -------------------------------------------------
@@ -136,6 +137,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._register()
         except STORE_ERRORS as exc:  # tick() registers once Redis answers
             self._refused(exc) if is_refusal(exc) else self._outage(exc)
+        except LayoutRefused as exc:
+            if not embedded():
+                raise  # a standalone beat refuses to start: its supervisor sees it
+            self.refusal, self._foreign_layout = str(exc), True  # inside a worker: refuse loudly at every loop
         except ImproperlyConfigured:
             raise
         except Exception as exc:  # noqa: BLE001 - as in tick(): logged, and tick() registers again
@@ -197,6 +202,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 delay = self.engine.run_once()
         except STORE_ERRORS as exc:
             return self._refused(exc) if is_refusal(exc) else self._outage(exc)
+        except LayoutRefused as exc:  # registering again (Redis restarted empty) met another version's keys
+            if not embedded():
+                raise
+            self.refusal, self._foreign_layout = str(exc), True
+            return self._refusing()
         except ImproperlyConfigured:
             raise  # the static schedule refused at registration: the beat must not start
         except Exception as exc:  # noqa: BLE001 - the backstop: a bug or an unforeseen record must not end the beat
@@ -354,8 +364,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         as long as the worker runs. It registers nothing and claims nothing."""
         logger.critical("redbeat_safe: this beat (inside a worker, -B) schedules nothing: %s. The worker keeps running; "
                         "fix the configuration and restart it. `celery schedules health` fails meanwhile", self.refusal)
-        if not self.settings.redis_url and self.settings.topology.kind == "standalone":
-            return float(self.max_interval)  # the settings themselves were refused: no store to tell
+        if not self.settings.redis_url and self.settings.topology.kind == "standalone" or self._foreign_layout:
+            return float(self.max_interval)  # the settings were refused (no store to tell), or the keys are another version's
         try:
             if self._client is None:
                 self._client = connect(self.settings.topology)

@@ -37,6 +37,11 @@ from redis.exceptions import MovedError, NoScriptError, ResponseError
 from .connection import Client
 from .schedules import MAX_TICK_MS
 
+#: The key layout this version reads and writes (docs/redis-layout.md), kept in
+#: ``{p}:meta`` by the first beat to register. A beat refuses keys of another layout
+#: instead of misreading them; a version that changes the layout bumps it.
+LAYOUT = "1"
+
 _SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune")
 #: Dispatches remembered per entry (its history list is trimmed to this).
 HISTORY_LENGTH = 100
@@ -86,7 +91,7 @@ class Keys:
         self.instances = f"{tag}:instances"  # zset: instance id -> heartbeat deadline (ms)
         self.instinfo = f"{tag}:instinfo"  # hash: instance id -> JSON (host, pid, static names)
         self.inststats = f"{tag}:inststats"  # hash: instance id -> ticks it published
-        self.meta = f"{tag}:meta"  # hash: epoch (changes if Redis lost the data)
+        self.meta = f"{tag}:meta"  # hash: epoch (changes if Redis lost the data), layout
         self.counters = f"{tag}:counters"  # hash: kind (s, r, t, x, skip) -> how many, cluster-wide, for the metrics
         self.refusals = f"{tag}:refusals"  # hash, expiring: embedded beat id -> JSON (why it schedules nothing)
         self._history = f"{tag}:history:"
@@ -428,6 +433,20 @@ class RedisStore:
         """The server's clock, in ms."""
         return self.snapshot([])[0]
 
+    def all_keys(self) -> list[bytes]:
+        """Every key of this prefix (``{prefix}:*``), for ``purge``: SCAN, so a large store
+        does not block the server; on a Cluster redis-py scans every primary."""
+        found: list[bytes] = list(self.client.scan_iter(match=f"{{{self.keys.prefix}}}:*", count=1000))
+        return found
+
+    def delete_keys(self, keys: Sequence[bytes]) -> int:
+        """UNLINK in batches (freed in the background). Running it again deletes nothing
+        more: a key already gone counts 0."""
+        deleted = 0
+        for start in range(0, len(keys), 500):
+            deleted += int(self.client.unlink(*keys[start : start + 500]))
+        return deleted
+
     def names(self) -> list[str]:
         """Every entry name that has any record (a damaged entry too)."""
         k = self.keys
@@ -563,10 +582,11 @@ class RedisStore:
         return rows
 
     # -- instances --------------------------------------------------------
-    def register(self, instance: str, heartbeat_ms: int, info_json: str, epoch: str) -> tuple[int, str]:
+    def register(self, instance: str, heartbeat_ms: int, info_json: str, epoch: str) -> tuple[int, str, str]:
+        """(server now, the store's epoch, the key layout the store uses)."""
         k = self.keys
-        now, stored = self._call("register", [k.instances, k.instinfo, k.meta], [instance, heartbeat_ms, info_json, epoch])
-        return int(now), _s(stored)
+        now, stored, layout = self._call("register", [k.instances, k.instinfo, k.meta], [instance, heartbeat_ms, info_json, epoch, LAYOUT])
+        return int(now), _s(stored), _s(layout)
 
     def prune(self, leaving: str = "") -> list[str]:
         """Drop expired instances (and ``leaving``), then static entries no live instance declares."""

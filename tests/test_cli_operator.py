@@ -138,3 +138,23 @@ def test_started_is_shown_in_the_zone_asked_for(beats: BeatGroup) -> None:
     text = ok(cli(beats, "instances", "--tz", "Asia/Kolkata"))
     started = datetime.fromisoformat(ok(cli(beats, "instances", "--json"))[0]["started"])
     assert started.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat(sep=" ", timespec="seconds") in text, text
+
+
+def test_purge_removes_every_key_of_the_prefix_and_refuses_while_beats_are_alive(beats: BeatGroup) -> None:
+    client = beats.server.client()
+    other = beats.prefix + "keep"
+    ok(cli(beats, "add", "neighbour", "--task", "beatapp.record", "--every", "1h", prefix=other))
+    a = beats.start({"s": {"every": 1}}, "a")
+    a.wait_log("registered 1 static entries")
+    wait_for(lambda: client.llen("{" + beats.prefix + "}:history:s") > 0, 15, what="a dispatch")
+    refused = cli(beats, "purge", "--yes")
+    assert refused.returncode == 2 and "beat(s) alive" in refused.stderr and "stop them first" in refused.stderr
+    assert client.keys("{" + beats.prefix + "}:*")
+    beats.stop_all()
+    mine = client.keys("{" + beats.prefix + "}:*")
+    dry = ok(cli(beats, "purge", "--json"))
+    assert dry == {"keys": len(mine), "deleted": 0, "dry_run": True} and len(client.keys("{" + beats.prefix + "}:*")) == len(mine)
+    done = ok(cli(beats, "purge", "--yes", "--json"))
+    assert done["deleted"] == len(mine) and client.keys("{" + beats.prefix + "}:*") == []
+    assert ok(cli(beats, "purge", "--yes", "--json"))["deleted"] == 0  # again: nothing more
+    assert client.keys("{" + other + "}:*")  # another prefix is untouched

@@ -156,3 +156,23 @@ def test_status_says_when_a_beat_started_not_when_it_registered_again(beats: Bea
     assert after.id == before.id and after.started == before.started, (before.started, after.started)
     shown = json.loads(cli(beats, "status", "--json").stdout)
     assert [i["started"] for i in shown["instances"]] == [before.started.isoformat()]
+
+
+def test_a_beat_refuses_keys_of_a_layout_it_does_not_know_and_writes_nothing(beats: BeatGroup, redis_server: RedisServer) -> None:
+    """A store written by a future version (layout "2" in {p}:meta): a standalone beat
+    exits non-zero saying so and leaves the keys as they were; a store from before the
+    layout was recorded (meta with an epoch only) is taken as layout 1 and used."""
+    client, k = redis_server.client(), Keys(beats.prefix)
+    client.hset(k.meta, mapping={"epoch": "e-future", "layout": "2"})
+    before = {key: client.dump(key) for key in client.keys("{" + beats.prefix + "}*")}
+    beat = beats.start(SCHEDULE, "old")
+    wait_for(lambda: beat.proc is not None and beat.proc.poll() is not None, 30, what="the beat to exit")
+    assert beat.proc is not None and beat.proc.returncode != 0
+    assert "use key layout '2', and this version (" in beat.output() and "docs/upgrading.md" in beat.output(), beat.output()[-2000:]
+    assert {key: client.dump(key) for key in client.keys("{" + beats.prefix + "}*")} == before  # nothing written
+
+    client.delete(k.meta)
+    client.hset(k.meta, "epoch", "e-old")  # what a version before the layout field wrote
+    a = beats.start(SCHEDULE, "a")
+    a.wait_log("registered 1 static entries")
+    assert client.hgetall(k.meta) == {b"epoch": b"e-old", b"layout": b"1"}

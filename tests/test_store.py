@@ -175,3 +175,18 @@ def test_a_beat_schedule_entry_adopts_an_identical_api_entry(app: Celery, redis_
     assert after.source == "static" and after.next_tick == before.next_tick
     assert redis_server.client().sismember(Keys(app.conf.redbeat_safe_key_prefix).static, "shared")
     assert registry.upsert(s.store, [entry], "api") == {"shared": "unchanged"}  # the API never demotes it
+
+
+def test_register_run_twice_is_harmless_and_a_foreign_layout_is_left_untouched(app: Celery, redis_server: RedisServer) -> None:
+    """The register script as a retry after a lost reply sees it: the second run returns
+    the same epoch and layout; against another layout both runs write nothing."""
+    prefix = app.conf.redbeat_safe_key_prefix
+    store, client, k = RedisStore(redis_server.client(), prefix), redis_server.client(), Keys(prefix)
+    first = store.register("i1", 30_000, '{"host": "h"}', "epoch-a")
+    second = store.register("i1", 30_000, '{"host": "h"}', "epoch-b")
+    assert first[1:] == second[1:] == ("epoch-a", "1")
+    client.hset(k.meta, "layout", "9")
+    client.zrem(k.instances, "i1")
+    for candidate in ("epoch-c", "epoch-c"):
+        assert store.register("i2", 30_000, "{}", candidate)[1:] == ("", "9")
+    assert client.zrange(k.instances, 0, -1) == [] and client.hget(k.meta, "epoch") == b"epoch-a"
