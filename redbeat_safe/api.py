@@ -8,11 +8,12 @@ import socket
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import EncodeError
 
 from . import registry
 from .config import Settings
 from .connection import Client, connect
-from .definitions import EntryDef, build, check_stored_name
+from .definitions import DefinitionError, EntryDef, build, check_stored_name
 from .dispatch import confirming, publish
 from .registry import EntryDamaged, EntryNotFound, StaticEntry
 from .schedules import ScheduleError, iso
@@ -131,11 +132,15 @@ class Schedules:
         options = confirming(app)
 
         def send(entry: EntryDef, entry_name: str, tick: int) -> None:
-            if not options:
-                publish(app, entry, prefix, tick, trigger=True)
-                return
-            with app.connection_for_write(transport_options=options) as conn:
-                publish(app, entry, prefix, tick, producer=app.amqp.Producer(conn), trigger=True)
+            try:
+                if not options:
+                    publish(app, entry, prefix, tick, trigger=True)
+                    return
+                with app.connection_for_write(transport_options=options) as conn:
+                    publish(app, entry, prefix, tick, producer=app.amqp.Producer(conn), trigger=True)
+            except (TypeError, EncodeError) as exc:  # the task's signature or the serializer refuses: retrying cannot help
+                raise DefinitionError(f"entry {entry_name!r}: the task refuses its arguments ({exc}); the trigger was withdrawn, "
+                                      "nothing was sent") from exc
 
         return trigger(self.store, name, send, lease_ms=self.settings.lease_ms, caller=self.caller, request_id=request_id)
 

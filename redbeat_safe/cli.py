@@ -100,8 +100,17 @@ def _handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _app(ctx: click.Context) -> Any:
+    """The app given with -A. Without one, Celery hands over its default app, whose
+    settings are empty: say that, instead of blaming the Redis URL it lacks."""
+    app = ctx.obj.app
+    if getattr(app, "main", None) == "default" and not app.conf.get("redbeat_safe_redis_url"):
+        raise Failure(2, "no Celery app: give yours with -A, as for every Celery command (celery -A proj schedules ...)")
+    return app
+
+
 def _api(ctx: click.Context) -> Schedules:
-    return Schedules(ctx.obj.app)
+    return Schedules(_app(ctx))
 
 
 def _emit(as_json: bool, data: Any, human: Callable[[], str]) -> None:
@@ -331,7 +340,7 @@ def _edited(api: Schedules, current: Entry | None, c: dict[str, Any]) -> tuple[s
 def _known_task(ctx: click.Context, task: str) -> None:
     """Warn (stderr, still exit 0) when the app does not know ``task``: a beat sends it
     by name anyway, and a worker without it rejects the message."""
-    app = ctx.obj.app
+    app = _app(ctx)
     try:
         app.loader.import_default_modules()
         known = task in app.tasks
@@ -590,7 +599,7 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, show_args
         from .web import server, wsgi_app
     except ImportError as exc:
         raise Failure(2, f"the dashboard needs the web extra: pip install 'redbeat-safe[web]' ({exc})") from None
-    app = wsgi_app(ctx.obj.app, token=token, show_args=show_args, entry_series=entry_series)
+    app = wsgi_app(_app(ctx), token=token, show_args=show_args, entry_series=entry_series)
     try:
         httpd = server.make(app, host, port)
     except OSError as exc:
@@ -665,7 +674,7 @@ def import_(ctx: click.Context, file: Any, dry_run: bool, as_json: bool) -> None
 def import_redbeat_(ctx: click.Context, redbeat_prefix: str | None, redbeat_url: str | None, dry_run: bool, as_json: bool) -> None:
     """Create entries equivalent to celery-redbeat's, on its phase (last runs kept)."""
     api = _api(ctx)
-    conf = ctx.obj.app.conf
+    conf = _app(ctx).conf
     prefix = redbeat_prefix or conf.get("redbeat_key_prefix") or "redbeat:"
     url = redbeat_url or conf.get("redbeat_redis_url") or api.settings.redis_url
     source = redis.Redis.from_url(url, socket_timeout=10)

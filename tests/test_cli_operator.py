@@ -158,3 +158,24 @@ def test_purge_removes_every_key_of_the_prefix_and_refuses_while_beats_are_alive
     assert done["deleted"] == len(mine) and client.keys("{" + beats.prefix + "}:*") == []
     assert ok(cli(beats, "purge", "--yes", "--json"))["deleted"] == 0  # again: nothing more
     assert client.keys("{" + other + "}:*")  # another prefix is untouched
+
+
+def test_triggering_an_entry_whose_task_refuses_its_arguments_is_one_line_not_a_traceback(beats: BeatGroup) -> None:
+    ok(cli(beats, "add", "strict", "--task", "beatapp.strict", "--every", "1h", "--args", "[1, 2, 3]"))
+    result = cli(beats, "trigger", "strict")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: refused, nothing written: entry 'strict': the task refuses its arguments"), result.stderr
+    assert beats.broker.messages() == []
+    assert json.loads(cli(beats, "status", "--json").stdout)["in_flight"] == []  # the claim was withdrawn
+
+
+def test_without_an_app_the_cli_says_so_not_that_the_redis_url_is_wrong(tmp_path: Any) -> None:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    result = subprocess.run([sys.executable, "-m", "celery", "schedules", "list"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "error: no Celery app: give yours with -A, as for every Celery command (celery -A proj schedules ...)\n"
