@@ -501,15 +501,16 @@ def next_(ctx: click.Context, name: str, count: int, show_tz: str | None, as_jso
               help="Fail when fewer beats are alive.")
 @click.option("--max-late", default=f"{health_checks.DEFAULT_MAX_LATE_S:g}s", show_default=True,
               help="Fail when an enabled entry's next tick, or an in-flight tick's lease, is older than this.")
+@click.option("--on-host", help="Count only the beats on this host (as `instances` shows it): a per-pod or per-host probe.")
 @json_option
 @click.pass_context
 @_handled
-def health(ctx: click.Context, min_beats: int, max_late: str, as_json: bool) -> None:
+def health(ctx: click.Context, min_beats: int, max_late: str, on_host: str | None, as_json: bool) -> None:
     """Exit 0 when Redis answers, enough beats are alive and nothing is late; else 1,
     one line per failed check (for probes and cron checks)."""
     api = _api(ctx)
     result = health_checks.check(api.store, min_beats=min_beats, max_late_s=parse_interval(max_late),
-                                 redis_url=api.settings.redis_url)
+                                 redis_url=api.settings.redis_url, on_host=on_host)
     _emit(as_json, result.as_dict(), lambda: "ok: " + f"{result.beats_alive} beat(s) alive, nothing late" if result.ok
           else "\n".join(_shown(line) for line in result.failures))
     sys.exit(0 if result.ok else 1)

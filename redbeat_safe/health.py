@@ -40,10 +40,11 @@ class Health:
 
 
 def check(store: RedisStore, *, min_beats: int = DEFAULT_MIN_BEATS, max_late_s: float = DEFAULT_MAX_LATE_S,
-          redis_url: str = "") -> Health:
-    """Redis answers; at least ``min_beats`` beats are alive; no enabled entry's next
-    tick and no in-flight tick's lease deadline is more than ``max_late_s`` in the past
-    (a stuck in-flight tick means no beat is reaping)."""
+          redis_url: str = "", on_host: str | None = None) -> Health:
+    """Redis answers; at least ``min_beats`` beats are alive (on ``on_host`` only, when
+    given: a per-pod readiness probe); no enabled entry's next tick and no in-flight
+    tick's lease deadline is more than ``max_late_s`` in the past (a stuck in-flight
+    tick means no beat is reaping)."""
     max_late = int(max_late_s * 1000)
     try:
         now, rows = store.instances()
@@ -54,10 +55,12 @@ def check(store: RedisStore, *, min_beats: int = DEFAULT_MIN_BEATS, max_late_s: 
         said = refusal(exc) or f"Redis unavailable ({type(exc).__name__}: {exc})"
         where = f" at {redact(redis_url)}" if redis_url else ""
         return Health(ok=False, failures=[f"redis: {said}{where}"])
-    alive = sum(1 for row in rows if Instance.from_row(now, *row).alive)
+    beats = [Instance.from_row(now, *row) for row in rows]
+    alive = sum(1 for b in beats if b.alive and (on_host is None or b.host == on_host))
     out = Health(ok=True, beats_alive=alive, now_ms=now)
     if alive < min_beats:
-        out.failures.append(f"beats: {alive} alive, at least {min_beats} wanted")
+        where = "" if on_host is None else f" on host {on_host!r}"
+        out.failures.append(f"beats: {alive} alive{where}, at least {min_beats} wanted")
     out.refused = fresh_refusals(refusals, now)
     for r in out.refused:
         out.failures.append(f"refused: beat {r['instance']} schedules nothing: {r['reason']}")

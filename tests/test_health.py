@@ -5,6 +5,7 @@ real command."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 from conftest import BeatGroup, cli, make_app
@@ -26,6 +27,10 @@ def test_health_with_a_beat_alive_is_ok_and_without_one_fails(beats: BeatGroup) 
     assert done.returncode == 1
     data = json.loads(done.stdout)
     assert data["ok"] is False and data["beats_alive"] == 1 and data["failures"] == ["beats: 1 alive, at least 2 wanted"]
+    here = socket.gethostname()  # the beat's host, as `instances` shows it: a per-pod probe counts only its own
+    assert cli(beats, "health", "--on-host", here).returncode == 0
+    other = cli(beats, "health", "--on-host", "some-other-pod")
+    assert other.returncode == 1 and other.stdout.strip() == "beats: 0 alive on host 'some-other-pod', at least 1 wanted"
     beats.stop_all()  # a clean stop deregisters
     assert cli(beats, "health").returncode == 1
 
