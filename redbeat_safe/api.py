@@ -10,14 +10,15 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import EncodeError
 
-from . import registry
+from . import __version__, registry
 from .config import Settings
-from .connection import Client, connect
+from .connection import STORE_ERRORS, Client, connect
 from .definitions import DefinitionError, EntryDef, build, check_stored_name
 from .dispatch import confirming, publish
+from .engine import LayoutRefused
 from .registry import EntryDamaged, EntryNotFound, StaticEntry
 from .schedules import ScheduleError, iso
-from .store import RedisStore, State, split_member
+from .store import LAYOUT, RedisStore, State, split_member
 from .trigger import trigger
 from .views import Dispatch, Entry, Instance, entry_from_stored
 
@@ -32,14 +33,28 @@ class Schedules:
         self.settings = Settings.from_app(app)
         self._client = client
         self._store: RedisStore | None = None
+        self._layout_checked = False
         self.caller = f"api@{socket.gethostname()}:{os.getpid()}"
 
     @property
     def store(self) -> RedisStore:
+        """The store, once its key layout is known to be this version's (checked at the
+        first access that reaches Redis: an unreachable Redis is the next call's error)."""
         if self._store is None:
             if self._client is None:
                 self._client = connect(self.settings.topology)
             self._store = RedisStore(self._client, self.settings.key_prefix)
+        if not self._layout_checked:
+            try:
+                raw = self._store.client.hget(self._store.keys.meta, "layout")
+            except STORE_ERRORS:
+                return self._store
+            layout = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            if layout is not None and layout != LAYOUT:  # another version's keys: touch nothing
+                raise LayoutRefused(f"redbeat_safe: the keys under {{{self.settings.key_prefix}}}: use key layout {layout!r}, and "
+                                    f"this version ({__version__}) knows layout {LAYOUT!r} only; use the version that wrote "
+                                    "them (docs/upgrading.md)")
+            self._layout_checked = True
         return self._store
 
     # -- definitions ------------------------------------------------------

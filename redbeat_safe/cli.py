@@ -291,10 +291,12 @@ def _edited(api: Schedules, current: Entry | None, c: dict[str, Any]) -> tuple[s
         raise Failure(2, f"{_shown(current.name)!r} is damaged; `add` it again with its whole definition")
     spec: dict[str, Any] = {} if current is None else dict(current.schedule.to_json())  # type: ignore[union-attr]
     common = {k: spec.get(k) for k in ("start", "end", "limit", "catchup")}
-    if c["interval"] is not None:
-        spec = {"kind": "every", "interval_ms": round(parse_interval(c["interval"]) * 1000)}
-    elif c["expr"] is not None:
-        spec = {"kind": "pattern", "expr": c["expr"], "tz": spec.get("tz") if spec.get("kind") == "pattern" else None}
+    if c["interval"] is not None:  # an aligned interval stays aligned unless --no-align
+        spec = {"kind": "every", "interval_ms": round(parse_interval(c["interval"]) * 1000),
+                **({"align": True} if spec.get("kind") == "every" and spec.get("align") else {})}
+    elif c["expr"] is not None:  # a pattern keeps its zone and its day rule (a converted crontab ANDs its days)
+        was = spec if spec.get("kind") == "pattern" else {}
+        spec = {"kind": "pattern", "expr": c["expr"], "tz": was.get("tz"), **({"day_and": True} if was.get("day_and") else {})}
     if c["tz"] is not None:
         if spec.get("kind") != "pattern":
             raise Failure(2, "--tz applies to --pattern only")
@@ -362,7 +364,7 @@ def _write(ctx: click.Context, name: str, current: Entry | None, c: dict[str, An
     e = api.get(name)
     zone = _shown_zone(e, None, api.settings.timezone)
     static = e is not None and e.source == "static"
-    note = "; a beat puts its beat_schedule definition back when it next starts" if static and outcome != "unchanged" else ""
+    note = "; a beat puts its beat_schedule definition back when it next starts" if static and outcome == "updated" else ""
     data = {"outcome": outcome, "entry": e.as_dict() if e else None, "reverted_at_next_beat_start": bool(note)}
     _emit(as_json, data, lambda: f"{name}: {outcome}; next tick {_ago(_ms(e.next_tick) if e else None, _now(), zone)}{note}")
 
@@ -389,7 +391,7 @@ def add(ctx: click.Context, /, name: str, paused: bool, as_json: bool, **given: 
 def edit(ctx: click.Context, /, name: str, as_json: bool, **given: Any) -> None:
     """Change some fields of an entry (e.g. --kwargs) and keep the rest. A new schedule
     restarts its phase; new arguments or options keep the next tick."""
-    if not any(v not in (None, False) for k, v in given.items() if k != "force"):
+    if all(v is None for k, v in given.items() if k != "force"):  # 0 and --no-align are changes
         raise Failure(2, "nothing to change: give at least one option (see --help)")
     current = _api(ctx).get(name)
     if current is None:
@@ -629,12 +631,13 @@ def purge(ctx: click.Context, yes: bool, force: bool, as_json: bool) -> None:
     keys = api.store.all_keys()
     alive = [i for i in api.instances() if i.alive]
     where = f"{{{api.settings.key_prefix}}}:* at {redact(api.settings.redis_url)}"
-    if alive and not force:
+    if alive and not force and yes:  # saying what it would delete is always allowed
         raise Failure(2, f"{len(alive)} beat(s) alive ({', '.join(_shown(i.id) for i in alive)}): stop them first, "
                          "or --force (a running beat registers again and recreates its beat_schedule entries)")
     if not yes:
-        _emit(as_json, {"keys": len(keys), "deleted": 0, "dry_run": True},
-              lambda: f"would delete {len(keys)} key(s) under {where}; run again with --yes to delete them")
+        busy = f" ({len(alive)} beat(s) alive: stop them first)" if alive and not force else ""
+        _emit(as_json, {"keys": len(keys), "deleted": 0, "dry_run": True, "beats_alive": len(alive)},
+              lambda: f"would delete {len(keys)} key(s) under {where}{busy}; run again with --yes to delete them")
         return
     deleted = api.store.delete_keys(keys)
     _emit(as_json, {"keys": len(keys), "deleted": deleted, "dry_run": False}, lambda: f"deleted {deleted} key(s) under {where}")

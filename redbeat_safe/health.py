@@ -41,8 +41,9 @@ class Health:
 
 def check(store: RedisStore, *, min_beats: int = DEFAULT_MIN_BEATS, max_late_s: float = DEFAULT_MAX_LATE_S,
           redis_url: str = "", on_host: str | None = None) -> Health:
-    """Redis answers; at least ``min_beats`` beats are alive (on ``on_host`` only, when
-    given: a per-pod readiness probe); no enabled entry's next tick and no in-flight
+    """Redis answers; at least ``min_beats`` beats are alive and no beat inside a worker
+    reported a refused configuration (both on ``on_host`` only, when given: a per-pod
+    readiness probe); no enabled entry's next tick and no in-flight
     tick's lease deadline is more than ``max_late_s`` in the past (a stuck in-flight
     tick means no beat is reaping)."""
     max_late = int(max_late_s * 1000)
@@ -61,7 +62,7 @@ def check(store: RedisStore, *, min_beats: int = DEFAULT_MIN_BEATS, max_late_s: 
     if alive < min_beats:
         where = "" if on_host is None else f" on host {on_host!r}"
         out.failures.append(f"beats: {alive} alive{where}, at least {min_beats} wanted")
-    out.refused = fresh_refusals(refusals, now)
+    out.refused = [r for r in fresh_refusals(refusals, now) if on_host is None or r["host"] == on_host]
     for r in out.refused:
         out.failures.append(f"refused: beat {r['instance']} schedules nothing: {r['reason']}")
     out.late = [{"name": n, "tick_ms": t, "late_ms": now - t} for n, t in late]
@@ -92,5 +93,6 @@ def fresh_refusals(raw: dict[str, bytes], now: int) -> list[dict[str, Any]]:
         except (ValueError, TypeError, KeyError, RecursionError):
             continue
         if isinstance(at, int) and not isinstance(at, bool) and now - at <= REFUSAL_FRESH_MS and isinstance(reason, str):
-            out.append({"instance": instance, "reason": " ".join(line.strip() for line in reason.splitlines())[:1000], "at_ms": at})
+            out.append({"instance": instance, "reason": " ".join(line.strip() for line in reason.splitlines())[:1000], "at_ms": at,
+                        "host": str(data.get("host", ""))})
     return out

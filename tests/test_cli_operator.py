@@ -153,7 +153,7 @@ def test_purge_removes_every_key_of_the_prefix_and_refuses_while_beats_are_alive
     beats.stop_all()
     mine = client.keys("{" + beats.prefix + "}:*")
     dry = ok(cli(beats, "purge", "--json"))
-    assert dry == {"keys": len(mine), "deleted": 0, "dry_run": True} and len(client.keys("{" + beats.prefix + "}:*")) == len(mine)
+    assert dry == {"keys": len(mine), "deleted": 0, "dry_run": True, "beats_alive": 0} and len(client.keys("{" + beats.prefix + "}:*")) == len(mine)
     done = ok(cli(beats, "purge", "--yes", "--json"))
     assert done["deleted"] == len(mine) and client.keys("{" + beats.prefix + "}:*") == []
     assert ok(cli(beats, "purge", "--yes", "--json"))["deleted"] == 0  # again: nothing more
@@ -179,3 +179,48 @@ def test_without_an_app_the_cli_says_so_not_that_the_redis_url_is_wrong(tmp_path
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr == "error: no Celery app: give yours with -A, as for every Celery command (celery -A proj schedules ...)\n"
+
+
+def test_edit_takes_zero_and_no_and_keeps_what_it_was_not_asked_to_change(beats: BeatGroup) -> None:
+    """Found by review: `edit --limit 0` alone said "nothing to change"; `edit --every`
+    dropped `align`, `edit --pattern` dropped the day rule of a converted crontab."""
+    ok(cli(beats, "add", "a", "--task", "beatapp.record", "--every", "1h", "--align", "--limit", "3"))
+    assert "limit" not in ok(cli(beats, "edit", "a", "--limit", "0", "--json"))["entry"]["schedule_spec"]
+    assert ok(cli(beats, "edit", "a", "--every", "2h", "--json"))["entry"]["schedule_spec"] == {
+        "kind": "every", "interval_ms": 7_200_000, "align": True}
+    assert "align" not in ok(cli(beats, "edit", "a", "--no-align", "--json"))["entry"]["schedule_spec"]
+    api = Schedules(make_app(beats.server, beats.prefix))
+    from celery.schedules import crontab
+
+    from redbeat_safe.schedules import from_celery
+
+    api.upsert("c", "beatapp.record", from_celery(crontab(minute=0, hour=4)))
+    spec = ok(cli(beats, "edit", "c", "--pattern", "0 5 * * *", "--json"))["entry"]["schedule_spec"]
+    assert spec["expr"] == "0 5 * * *" and spec["day_and"] is True
+
+
+def test_purge_says_what_it_would_delete_even_while_beats_run(beats: BeatGroup) -> None:
+    beats.start({"s": {"every": 1}}, "a").wait_log("registered 1 static entries")
+    shown = cli(beats, "purge")
+    assert shown.returncode == 0 and "would delete" in shown.stdout and "beat(s) alive: stop them first" in shown.stdout, shown
+
+
+def test_the_cli_refuses_a_store_of_another_key_layout_and_writes_nothing(beats: BeatGroup) -> None:
+    client = beats.server.client()
+    meta = "{" + beats.prefix + "}:meta"
+    client.hset(meta, mapping={"epoch": "e", "layout": "2"})
+    added = cli(beats, "add", "x", "--task", "beatapp.record", "--every", "1h")
+    assert added.returncode == 2 and "use key layout '2'" in added.stderr, added.stderr
+    assert client.keys("{" + beats.prefix + "}:*") == [meta.encode()]
+
+
+def test_health_on_host_counts_only_that_hosts_refusals(beats: BeatGroup) -> None:
+    import socket
+
+    here = socket.gethostname()
+    beats.start({"s": {"every": 1}}, "a").wait_log("registered 1 static entries")
+    store = Schedules(make_app(beats.server, beats.prefix)).store
+    store.note_refusal("otherhost:1", json.dumps({"at": store.now(), "reason": "bad", "host": "otherhost", "pid": 1}), 60_000)
+    assert cli(beats, "health").returncode == 1  # the cluster is not all well
+    assert cli(beats, "health", "--on-host", here).returncode == 0  # but this host's beat is
+    assert cli(beats, "health", "--on-host", "otherhost").returncode == 1
