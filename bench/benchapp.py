@@ -44,6 +44,13 @@ app.conf.update(
 
 
 def _busy(i: int) -> Any:
+    burst = env.get("BENCH_BURST")  # redbeat_safe only: every entry due at the same instant, every PERIOD seconds
+    if burst:
+        import redbeat_safe
+
+        if burst == "pattern":
+            return redbeat_safe.pattern(f"*/{int(PERIOD)} * * * * *")
+        return redbeat_safe.every(seconds=PERIOD, align=True)
     if env.get("BENCH_SPREAD"):  # redbeat_safe only: entry i on its own phase, i/N of a period in
         import redbeat_safe
 
@@ -123,3 +130,29 @@ def _count_round_trips(path: str, port: int) -> None:
 
 if env.get("BENCH_RT_FILE") and env.get("BENCH_STORE_URL"):
     _count_round_trips(env["BENCH_RT_FILE"], int(env["BENCH_STORE_URL"].rsplit(":", 1)[1].split("/")[0]))
+
+
+def _profile_ticks(path: str) -> None:
+    """Profiles every Scheduler.tick of this beat (cProfile, cumulative across ticks)
+    and writes the stats to ``path`` at exit: where a burst pass spends its time."""
+    import atexit
+    import cProfile
+
+    from redbeat_safe.scheduler import Scheduler
+
+    profiler = cProfile.Profile()
+    tick = Scheduler.tick
+
+    def profiled(self: Any, *args: Any, **kwargs: Any) -> float:
+        profiler.enable()
+        try:
+            return tick(self, *args, **kwargs)
+        finally:
+            profiler.disable()
+
+    Scheduler.tick = profiled  # type: ignore[method-assign]
+    atexit.register(lambda: profiler.dump_stats(path))
+
+
+if env.get("BENCH_PROFILE"):
+    _profile_ticks(env["BENCH_PROFILE"])

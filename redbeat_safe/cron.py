@@ -66,6 +66,29 @@ def _check_steps(fields: list[str], has_seconds: bool) -> None:
                                 f"write {first} if that is what you mean")
 
 
+_RANGE = re.compile(r"^(\d+)-(\d+)(?:/(\d+))?$")
+
+
+def _unwrapped(fields: list[str], has_seconds: bool) -> list[str]:
+    """Reversed ranges spelled out: ``22-2`` in the hour field is ``22,23,0,1,2``.
+    croniter before 2.0.7 refuses them and later versions wrap them, so we never hand
+    croniter one: every installation reads the pattern the same way."""
+    names = ((_SECONDS_FIELD,) if has_seconds else ()) + _FIELDS
+    out = []
+    for field, (_, lowest, highest) in zip(fields, names, strict=True):
+        parts = []
+        for part in field.split(","):
+            m = _RANGE.match(part)
+            if m and int(m.group(2)) < int(m.group(1)) <= highest:
+                first, last, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+                values = [*range(first, highest + 1), *range(lowest, last + 1)][::max(step, 1)]
+                parts.append(",".join(str(v) for v in values))
+            else:
+                parts.append(part)
+        out.append(",".join(parts))
+    return out
+
+
 def _days_and(fields: list[str], has_seconds: bool, day_and: bool) -> bool:
     """Vixie cron and cronie OR the day fields only when neither starts with ``*``
     (``0 0 */2 * 1`` is odd days that are Mondays); croniter ORs them otherwise."""
@@ -75,9 +98,10 @@ def _days_and(fields: list[str], has_seconds: bool, day_and: bool) -> bool:
     return dom.startswith("*") or dow.startswith("*")
 
 
-def parse(expr: str, day_and: bool) -> tuple[str, bool, bool, bool]:
-    """Validate ``expr``; return (normalised expr, has_seconds, hour_is_wildcard,
-    days_and: whether day-of-month and day-of-week must both match)."""
+def parse(expr: str, day_and: bool) -> tuple[str, str, bool, bool, bool]:
+    """Validate ``expr``; return (normalised expr, the expression croniter walks,
+    has_seconds, hour_is_wildcard, days_and: whether day-of-month and day-of-week
+    must both match)."""
     text = " ".join(str(expr).split())
     if not text:
         raise CronError("the pattern is empty")
@@ -103,9 +127,12 @@ def parse(expr: str, day_and: bool) -> tuple[str, bool, bool, bool]:
         )
     if len(fields) > 1:
         _check_steps(fields, has_seconds)
+        walk = " ".join(_unwrapped(fields, has_seconds))
+    else:
+        walk = text
     days_and = _days_and(fields, has_seconds, day_and)
     try:
-        expanded, _ = croniter.expand(text, second_at_beginning=has_seconds)
+        expanded, _ = croniter.expand(walk, second_at_beginning=has_seconds)
     except (CroniterBadCronError, ValueError, KeyError, TypeError) as exc:
         raise CronError(f"{text!r} is not a valid pattern: {exc}") from None
     hours = expanded[1]
@@ -113,10 +140,10 @@ def parse(expr: str, day_and: bool) -> tuple[str, bool, bool, bool]:
     # A pattern that can never match (31 April, 30 February) would leave the
     # entry without a future tick; refuse it up front.
     try:
-        _walker(text, has_seconds, days_and).next_wall(datetime(2000, 1, 1))
+        _walker(walk, has_seconds, days_and).next_wall(datetime(2000, 1, 1))
     except CroniterBadDateError:
         raise CronError(f"{text!r} never matches any date") from None
-    return text, has_seconds, wildcard, days_and
+    return text, walk, has_seconds, wildcard, days_and
 
 
 class _Walker:

@@ -414,7 +414,7 @@ class pattern(Schedule):
             raise ScheduleError(f"a pattern must be a string, not {type(expr).__name__}")
         self.day_and = bool(day_and)
         try:
-            self.expr, self._seconds, self._wildcard_hour, self._days_and = cron.parse(expr, self.day_and)
+            self.expr, self._walk, self._seconds, self._wildcard_hour, self._days_and = cron.parse(expr, self.day_and)
         except cron.CronError as exc:
             raise ScheduleError(str(exc)) from None
         self.tz_name: str | None = None if tz is None else zone_name(tz)
@@ -442,7 +442,7 @@ class pattern(Schedule):
         if self.start_ms is not None and after_ms < self.start_ms:
             after_ms = self.start_ms - 1
         try:
-            return cron.next_after(self.expr, self._seconds, self._days_and, self._wildcard_hour, self.tz, after_ms)
+            return cron.next_after(self._walk, self._seconds, self._days_and, self._wildcard_hour, self.tz, after_ms)
         except (OverflowError, ValueError):  # past year 9999 (datetime's end): no next tick, not an error
             return MAX_TICK_MS + 1
 
