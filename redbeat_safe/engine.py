@@ -26,7 +26,20 @@ from .config import Settings
 from .definitions import DefinitionError, EntryDef
 from .dispatch import task_id_for
 from .schedules import iso
-from .store import ASIDE, CHANGED, CLAIMED, LAYOUT, Ack, ClaimItem, Due, Peek, RedisStore, definition_hash, member
+from .store import (
+    ASIDE,
+    CHANGED,
+    CLAIMED,
+    LAYOUT,
+    SPLIT_WINDOW_MS,
+    Ack,
+    ClaimItem,
+    Due,
+    Peek,
+    RedisStore,
+    definition_hash,
+    member,
+)
 
 logger = logging.getLogger("redbeat_safe")
 
@@ -255,9 +268,13 @@ class Engine:
             return 0.0
         peek, store = p.peek, self.store
         progress = bool(peek.reaped)
-        more = len(peek.due) >= BATCH or len(peek.reaped) >= REAP_BATCH or self._reap_at == 0.0
+        # more is due than this peek returned (a full batch, or other instances' parts of a
+        # burst, which shift as everyone claims): after progress, look again at once
+        more = len(peek.due) >= BATCH or peek.due_total > len(peek.due) or len(peek.reaped) >= REAP_BATCH or self._reap_at == 0.0
         raced = False
         wake = [t for t in (peek.next_tick, peek.next_lease) if t is not None]
+        if peek.due_total > len(peek.due):  # other instances have the rest of a burst: look again before
+            wake.append(peek.now + SPLIT_WINDOW_MS)  # their part would be ours, should they die (a pass that won nothing)
         now, read_at = peek.now, p.read_at
         if p.planned:
             self._lease_start = time.monotonic()
@@ -440,7 +457,8 @@ class Engine:
             logger.warning("redbeat_safe: the lease on %s ran out before it was published; leaving it to the reaper", self._tick(name, tick))
             return False
         task_id = task_id_for(self.settings.key_prefix, name, tick)
-        logger.info("Scheduler: Sending due task %s (%s) for tick %d (%s), task id %s", name, entry.task, tick, iso(tick), task_id)
+        if logger.isEnabledFor(logging.INFO):  # iso() is not free, and a burst calls this thousands of times
+            logger.info("Scheduler: Sending due task %s (%s) for tick %d (%s), task id %s", name, entry.task, tick, iso(tick), task_id)
         started = time.monotonic()
         try:
             self.publish(entry, name, tick)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -41,6 +40,9 @@ from .schedules import MAX_TICK_MS
 #: ``{p}:meta`` by the first beat to register. A beat refuses keys of another layout
 #: instead of misreading them; a version that changes the layout bumps it.
 LAYOUT = "1"
+#: Instances that heartbeated within this window split a burst between them
+#: (peek.lua); one that died leaves the split after it, and the others take its part.
+SPLIT_WINDOW_MS = 5_000
 
 _SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune")
 #: Dispatches remembered per entry (its history list is trimmed to this).
@@ -275,6 +277,7 @@ class Peek:
     due: list[Due]
     reaped: list[Reaped]
     confirmed: bool | None = True  #: the re-leases of ``reaped`` reached wait_replicas replicas (None: not asked)
+    due_total: int = 0  #: entries due in all: more than ``due`` when other instances have the rest of a burst
 
 
 #: What claim answers per entry (ASIDE: it was set aside; ``Claimed.aside`` says why).
@@ -504,12 +507,13 @@ class RedisStore:
         max_reap: int,
         acks: Sequence[Ack] = (),
         confirm: bool = False,
+        split_ms: int = SPLIT_WINDOW_MS,
     ) -> Peek:
         """With ``confirm`` (a lease may have expired), WAIT for the re-leases of reaped ticks."""
         k = self.keys
         keys = [self._reply_key(), k.due, k.state, k.inflight, k.flight, k.holder, k.instances, k.meta, k.instinfo, k.inststats,
                 k.counters, *self._history_keys(acks)]
-        args: list[Any] = [REPLY_TTL_MS, instance, heartbeat_ms, lease_ms, max_due, max_reap, random.random(), HISTORY_LENGTH,
+        args: list[Any] = [REPLY_TTL_MS, instance, heartbeat_ms, lease_ms, max_due, max_reap, split_ms, HISTORY_LENGTH,
                            len(acks), *_flat(acks)]
         raw, confirmed = self._durable("peek", keys, args, confirm)
         pos = 7
@@ -521,6 +525,7 @@ class RedisStore:
         for _ in range(int(raw[pos])):
             reaped.append(Reaped(_s(raw[pos + 1]), raw[pos + 2] or None))
             pos += 2
+        due_total = int(raw[pos + 1])
         return Peek(
             now=int(raw[0]),
             epoch=_s(raw[1]),
@@ -531,6 +536,7 @@ class RedisStore:
             due=due,
             reaped=reaped,
             confirmed=confirmed,
+            due_total=due_total,
         )
 
     def _history_keys(self, acks: Sequence[Ack]) -> list[str]:

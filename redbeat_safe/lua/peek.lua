@@ -3,11 +3,20 @@
 -- KEYS: reply, due, state, inflight, flight, holder, instances, meta, instinfo,
 --       inststats, counters, then one history key per acknowledgement
 -- ARGV: reply ttl ms, instance id, heartbeat ttl ms, lease ms, max due, max reaped,
---       window (0..1, spreads instances over a long due list), history length,
+--       split window ms (see below), history length,
 --       ack count n, then n {member, task id, kind} triples
 -- Returns: {now, epoch, dead instances?, registered?, next future tick, next lease deadline,
 --           #due, name, score, version (-1: unreadable), runs, definition hash or what is wrong, ...,
---           #reaped, member, definition (false if missing), ...}
+--           #reaped, member, definition (false if missing), ..., entries due in all}
+--
+-- Splitting a burst: the instances that heartbeated within the split window are
+-- ranked by id (a stable order), and instance r of n reads its part of the due
+-- list, from position r * count / n, at most count / n of it. Two live instances
+-- therefore claim different entries instead of racing over the same ones (the
+-- claim's compare-and-set still decides; this only makes conflicts rare). An
+-- instance that stops heartbeating leaves the ranking after the window, and the
+-- others' parts then cover the whole list: a dead instance's part waits at most
+-- the window. Run twice, this part is a fresh read like any later call's.
 --
 -- Run twice (a lost reply): the first run's acknowledgements and re-leases are
 -- recorded in KEYS[1]; the second run applies neither again and hands back the
@@ -39,11 +48,23 @@ local leased = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, int_json(MAX_TIC
 out[#out + 1] = leased[2] or ''
 
 local count = redis.call('ZCOUNT', KEYS[2], '-inf', now)
-local offset = 0
-if count > max_due then offset = math.floor(tonumber(ARGV[7]) * (count - max_due + 1)) end
+local window = tonumber(ARGV[7])
+local offset, take = 0, math.min(max_due, count)
+if count > 0 then
+  -- heartbeat deadlines of instances that heartbeated within the window (their ttl
+  -- taken as ours: beats of one app share their settings)
+  local live = redis.call('ZRANGEBYSCORE', KEYS[7], now + tonumber(ARGV[3]) - window, '+inf')
+  if #live > 1 then
+    table.sort(live)
+    local rank = 0
+    for i = 1, #live do if live[i] == instance then rank = i - 1 end end
+    offset = math.floor(rank * count / #live)
+    take = math.min(max_due, math.ceil(count / #live), count - offset)
+  end
+end
 local due = {}
 -- by rank, so only as many as are due: the members after them are in the future
-if count > 0 then due = redis.call('ZRANGE', KEYS[2], offset, offset + math.min(max_due, count) - 1, 'WITHSCORES') end
+if take > 0 then due = redis.call('ZRANGE', KEYS[2], offset, offset + take - 1, 'WITHSCORES') end
 out[#out + 1] = #due / 2
 for i = 1, #due, 2 do
   local st, problem = load_state(redis.call('HGET', KEYS[3], due[i]))
@@ -66,4 +87,5 @@ for i = 1, #reaped do
   out[#out + 1] = reaped[i]
   out[#out + 1] = redis.call('HGET', KEYS[5], reaped[i])
 end
+out[#out + 1] = count
 return out
