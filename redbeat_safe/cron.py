@@ -18,6 +18,7 @@ time is not always exactly one instant:
 from __future__ import annotations
 
 import re
+import threading
 from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 
@@ -150,6 +151,7 @@ class _Walker:
     """A reusable croniter over naive wall-clock datetimes."""
 
     def __init__(self, expr: str, has_seconds: bool, day_and: bool) -> None:
+        self._lock = threading.Lock()
         self._it = croniter(
             expr,
             datetime(2000, 1, 1),
@@ -160,9 +162,12 @@ class _Walker:
         )
 
     def next_wall(self, after: datetime) -> datetime:
-        """First matching wall time strictly after ``after`` (naive)."""
-        self._it.set_current(after, force=True)
-        result: datetime = self._it.get_next()
+        """First matching wall time strictly after ``after`` (naive). A croniter has
+        state, and a walker is shared (cached) between threads (the dashboard's
+        requests): one at a time, so no caller, and no memoised answer, sees another's."""
+        with self._lock:
+            self._it.set_current(after, force=True)
+            result: datetime = self._it.get_next()
         return result
 
 

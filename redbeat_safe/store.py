@@ -40,8 +40,9 @@ from .schedules import MAX_TICK_MS
 #: ``{p}:meta`` by the first beat to register. A beat refuses keys of another layout
 #: instead of misreading them; a version that changes the layout bumps it.
 LAYOUT = "1"
-#: Instances that heartbeated within this window split a burst between them
-#: (peek.lua); one that died leaves the split after it, and the others take its part.
+#: Instances that peeked within this window split a burst between them (peek.lua);
+#: one that died leaves the split after it, and a part due longer than this is
+#: shared out again from the oldest entry.
 SPLIT_WINDOW_MS = 5_000
 
 _SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune")
@@ -96,6 +97,7 @@ class Keys:
         self.meta = f"{tag}:meta"  # hash: epoch (changes if Redis lost the data), layout
         self.counters = f"{tag}:counters"  # hash: kind (s, r, t, x, skip) -> how many, cluster-wide, for the metrics
         self.refusals = f"{tag}:refusals"  # hash, expiring: embedded beat id -> JSON (why it schedules nothing)
+        self.seen = f"{tag}:seen"  # zset: instance id -> when its last peek ran (ms): who splits a burst
         self._history = f"{tag}:history:"
         self._reply = f"{tag}:reply:"
         self._request = f"{tag}:request:"
@@ -512,7 +514,7 @@ class RedisStore:
         """With ``confirm`` (a lease may have expired), WAIT for the re-leases of reaped ticks."""
         k = self.keys
         keys = [self._reply_key(), k.due, k.state, k.inflight, k.flight, k.holder, k.instances, k.meta, k.instinfo, k.inststats,
-                k.counters, *self._history_keys(acks)]
+                k.counters, k.seen, *self._history_keys(acks)]
         args: list[Any] = [REPLY_TTL_MS, instance, heartbeat_ms, lease_ms, max_due, max_reap, split_ms, HISTORY_LENGTH,
                            len(acks), *_flat(acks)]
         raw, confirmed = self._durable("peek", keys, args, confirm)

@@ -15,7 +15,7 @@ from redbeat_safe.engine import Observer
 from redbeat_safe.schedules import ms_to_datetime
 from redbeat_safe.store import SPLIT_WINDOW_MS
 
-N = 300  # more than one peek's batch (200): the old random windows overlapped
+N = 301  # more than one peek's batch (200), so the old random windows overlapped; odd, so the parts' boundary is tested
 
 
 class Lost(Observer):
@@ -40,6 +40,7 @@ def test_two_live_instances_read_disjoint_halves_and_never_race(redis_server: Re
     a.observer, b.observer = Lost(), Lost()
     a.register()
     b.register()
+    a.run_once(), b.run_once()  # both have looked (nothing is due yet): both count for the split
     fleet.clock.set(T0 + 1000)  # every entry due at this instant
     pa, pb = a.prepare(), b.prepare()  # both read before either claims: the worst interleaving
     names_a, names_b = {d.name for d in pa.peek.due}, {d.name for d in pb.peek.due}
@@ -53,16 +54,22 @@ def test_two_live_instances_read_disjoint_halves_and_never_race(redis_server: Re
     assert {s.instance for s in fleet.sent} == {"a", "b"}
 
 
-def test_a_dead_instances_part_is_taken_over_after_the_split_window(redis_server: RedisServer, prefix: str) -> None:
+def test_a_dead_instances_part_is_taken_over(redis_server: RedisServer, prefix: str) -> None:
+    """b peeks once, then dies: a reads its own part while b counts, takes over b's as
+    the parts shift, and after the window b no longer counts at all."""
     fleet = _fleet(redis_server, prefix)
     a, b = fleet.engine("a"), fleet.engine("b")
     a.register()
     b.register()
     fleet.clock.set(T0 + 1000)
+    b.prepare()  # b has peeked (it counts for the split), and will never claim
     first = a.prepare()
-    assert len(first.peek.due) == N // 2  # b is alive: a reads its half only
+    assert len(first.peek.due) == N // 2  # b counts: a reads its half only
     a.finish(first)
-    fleet.clock.advance(SPLIT_WINDOW_MS + 1)  # b never heartbeats again
+    fleet.clock.advance(SPLIT_WINDOW_MS + 1)  # b has not peeked for longer than the window
+    alone = a.prepare()
+    assert len(alone.peek.due) == min(200, N - N // 2) and alone.peek.due_total == N - N // 2  # all of the rest is a's
+    a.finish(alone)
     while True:
         p = a.prepare()
         if not p.peek.due:
@@ -71,3 +78,29 @@ def test_a_dead_instances_part_is_taken_over_after_the_split_window(redis_server
     sent = Counter((s.entry, s.tick) for s in fleet.sent)
     assert len(sent) == N and set(sent.values()) == {1}, "a took over b's part, each tick once"
     assert {s.instance for s in fleet.sent} == {"a"}
+
+
+def test_a_beat_that_registered_but_never_peeked_does_not_count(redis_server: RedisServer, prefix: str) -> None:
+    """Found by review: liveness for the split was the heartbeat deadline, which
+    registering also refreshes (a beat whose registration keeps failing never claims)
+    and which depends on each beat's own settings. Only peeks count now."""
+    fleet = _fleet(redis_server, prefix)
+    a, b = fleet.engine("a"), fleet.engine("b")
+    b.register()  # registers, never peeks
+    a.register()
+    fleet.clock.set(T0 + 1000)
+    assert len(a.prepare().peek.due) == 200  # a full batch: a is alone in the split
+
+
+def test_entries_due_longer_than_the_window_are_shared_out_from_the_oldest(redis_server: RedisServer, prefix: str) -> None:
+    """Overload: the due list stays long. Live instances split its oldest part, so the
+    oldest ticks are read first, by one instance each."""
+    fleet = _fleet(redis_server, prefix)
+    a, b = fleet.engine("a"), fleet.engine("b")
+    a.register()
+    b.register()
+    fleet.clock.set(T0 + 1000 + SPLIT_WINDOW_MS + 1)  # every entry overdue
+    a.store.peek("b", b.heartbeat_ms, 10_000, 0, 0)  # b has just looked (reading nothing)
+    pa, pb = a.prepare(), b.prepare()
+    names_a, names_b = {d.name for d in pa.peek.due}, {d.name for d in pb.peek.due}
+    assert names_a.isdisjoint(names_b) and len(names_a | names_b) == N

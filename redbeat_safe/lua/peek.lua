@@ -1,7 +1,7 @@
 -- One read per beat loop: acknowledge what was published, heartbeat, re-lease
 -- expired in-flight ticks to this instance (the reaper), and list due entries.
 -- KEYS: reply, due, state, inflight, flight, holder, instances, meta, instinfo,
---       inststats, counters, then one history key per acknowledgement
+--       inststats, counters, seen, then one history key per acknowledgement
 -- ARGV: reply ttl ms, instance id, heartbeat ttl ms, lease ms, max due, max reaped,
 --       split window ms (see below), history length,
 --       ack count n, then n {member, task id, kind} triples
@@ -9,25 +9,24 @@
 --           #due, name, score, version (-1: unreadable), runs, definition hash or what is wrong, ...,
 --           #reaped, member, definition (false if missing), ..., entries due in all}
 --
--- Splitting a burst: the instances that heartbeated within the split window are
--- ranked by id (a stable order), and instance r of n reads its part of the due
--- list, from position r * count / n, at most count / n of it. Two live instances
--- therefore claim different entries instead of racing over the same ones (the
--- claim's compare-and-set still decides; this only makes conflicts rare). An
--- instance that stops heartbeating leaves the ranking after the window, and the
--- others' parts then cover the whole list: a dead instance's part waits at most
--- the window. Run twice, this part is a fresh read like any later call's.
---
--- Run twice (a lost reply): the first run's acknowledgements and re-leases are
--- recorded in KEYS[1]; the second run applies neither again and hands back the
--- same re-leased ticks, which are leased to this instance, so they are not lost
--- for a lease. Everything else it returns is a fresh read, as one later call's.
+-- Splitting a burst: the instances that peeked within the split window (`seen`,
+-- written by this script only, so a beat that registers but never gets to claim,
+-- or one with other settings, is not counted) are ranked by id, and instance r of
+-- n reads its own part of the due list: positions [r*c/n, (r+1)*c/n), where c is
+-- every due entry, or, once some have been due longer than the window, only the
+-- oldest min(overdue, n*max due) of them. Live instances therefore claim
+-- different entries instead of racing over the same ones (the claim's
+-- compare-and-set still decides every tick; this only makes conflicts rare), and
+-- the oldest ticks are always somebody's: an instance that stops peeking leaves
+-- the ranking after the window, and a part that waited longer than the window
+-- is shared out again from the oldest. Run twice, this part is a fresh read like
+-- any later call's.
 local now = now_ms()
 local instance, lease, max_due, max_reap = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local reaped = replay()
 if not reaped then
   local acks = tonumber(ARGV[9])
-  ack_all({inflight = 4, flight = 5, holder = 6, stats = 10, instances = 7, state = 3, counters = 11}, instance, now, 10, acks, 12,
+  ack_all({inflight = 4, flight = 5, holder = 6, stats = 10, instances = 7, state = 3, counters = 11}, instance, now, 10, acks, 13,
           tonumber(ARGV[8]))
   reaped = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, max_reap)
   for i = 1, #reaped do
@@ -49,17 +48,22 @@ out[#out + 1] = leased[2] or ''
 
 local count = redis.call('ZCOUNT', KEYS[2], '-inf', now)
 local window = tonumber(ARGV[7])
+redis.call('ZADD', KEYS[12], now, instance)
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[12], '-inf', now - 3600000, 'LIMIT', 0, 10)) do
+  redis.call('ZREM', KEYS[12], gone)  -- instances not seen for an hour: their ids never come back
+end
 local offset, take = 0, math.min(max_due, count)
 if count > 0 then
-  -- heartbeat deadlines of instances that heartbeated within the window (their ttl
-  -- taken as ours: beats of one app share their settings)
-  local live = redis.call('ZRANGEBYSCORE', KEYS[7], now + tonumber(ARGV[3]) - window, '+inf')
+  local live = redis.call('ZRANGEBYSCORE', KEYS[12], now - window, '+inf')
   if #live > 1 then
     table.sort(live)
-    local rank = 0
-    for i = 1, #live do if live[i] == instance then rank = i - 1 end end
-    offset = math.floor(rank * count / #live)
-    take = math.min(max_due, math.ceil(count / #live), count - offset)
+    local rank, n = 0, #live
+    for i = 1, n do if live[i] == instance then rank = i - 1 end end
+    local span = count
+    local overdue = redis.call('ZCOUNT', KEYS[2], '-inf', now - window)
+    if overdue > 0 then span = math.min(overdue, n * max_due) end
+    offset = math.floor(rank * span / n)
+    take = math.min(max_due, math.floor((rank + 1) * span / n) - offset)
   end
 end
 local due = {}
