@@ -19,8 +19,14 @@
 -- compare-and-set still decides every tick; this only makes conflicts rare), and
 -- the oldest ticks are always somebody's: an instance that stops peeking leaves
 -- the ranking after the window, and a part that waited longer than the window
--- is shared out again from the oldest. Run twice, this part is a fresh read like
--- any later call's.
+-- is shared out again from the oldest.
+--
+-- Run twice (a lost reply): the first run's acknowledgements and re-leases are
+-- recorded in KEYS[1]; the second run applies neither again and hands back the
+-- same re-leased ticks, which are leased to this instance, so they are not lost
+-- for a lease. Everything else it returns is a fresh read, as one later call's
+-- (the split included), and its one other write, this instance's `seen` time and
+-- heartbeat, is the same write a later call makes.
 local now = now_ms()
 local instance, lease, max_due, max_reap = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local reaped = replay()
