@@ -618,7 +618,7 @@ class RedisStore:
                     break
                 declared.update(str(n) for n in names)
             candidates = sorted({_s(n) for n in static} - declared)
-        keys = [self._reply_key(), k.instances, k.instinfo, k.inststats, k.static, k.due, k.defs, k.state, k.aside,
+        keys = [self._reply_key(), k.instances, k.instinfo, k.inststats, k.static, k.due, k.defs, k.state, k.aside, k.seen,
                 *(k.history(n) for n in candidates)]
         return [_s(n) for n in self._call("prune", keys, [REPLY_TTL_MS, leaving, *candidates])]
 

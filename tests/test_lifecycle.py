@@ -85,6 +85,7 @@ def test_instance_records_leave_with_the_instance(redis_server: RedisServer, pre
     client = redis_server.client()
     assert client.hlen(fleet.keys.inststats) <= 1, client.hkeys(fleet.keys.inststats)
     assert client.hlen(fleet.keys.instinfo) == 1 and client.zcard(fleet.keys.instances) == 1
+    assert client.zrange(fleet.keys.seen, 0, -1) == [b"stayer"]  # the burst split's record leaves too
 
 
 def test_no_key_outlives_its_entry(redis_server: RedisServer, prefix: str) -> None:

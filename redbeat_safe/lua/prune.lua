@@ -3,7 +3,7 @@
 -- instance declares, so a rolling deploy never deletes an entry an older or
 -- newer config still defines.
 -- KEYS: reply, instances, instinfo, inststats, static, due, defs, state, aside,
---       then one history key per candidate
+--       seen, then one history key per candidate
 -- ARGV: reply ttl ms, instance id leaving ('' for none), then the candidate
 --       names (static entries the caller saw no live instance declare; checked
 --       again here, atomically, against the instances live now)
@@ -18,6 +18,7 @@ for i = 1, #gone do
   redis.call('ZREM', KEYS[2], gone[i])
   redis.call('HDEL', KEYS[3], gone[i])
   redis.call('HDEL', KEYS[4], gone[i])
+  redis.call('ZREM', KEYS[10], gone[i])
 end
 local live = redis.call('ZRANGE', KEYS[2], 0, -1)
 if #live == 0 then return remember({}) end  -- the last one leaving keeps everything
@@ -38,7 +39,7 @@ for i = 3, #ARGV do
     redis.call('HDEL', KEYS[8], name)
     redis.call('HDEL', KEYS[9], name)
     redis.call('SREM', KEYS[5], name)
-    redis.call('DEL', KEYS[7 + i])
+    redis.call('DEL', KEYS[8 + i])
     removed[#removed + 1] = name
   end
 end
