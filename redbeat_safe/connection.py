@@ -380,8 +380,8 @@ def connect(topology: Topology) -> Client:
     if topology.kind == "standalone":
         return redis.Redis.from_url(topology.url, **opts)
     if topology.kind == "sentinel":
-        manager = Sentinel(list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_kwargs), **opts)  # type: ignore[no-untyped-call]
-        client: _SentinelRedis = manager.master_for(topology.service_name, redis_class=_SentinelRedis)  # type: ignore[no-untyped-call]
+        manager = Sentinel(list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_kwargs), **opts)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8
+        client: _SentinelRedis = manager.master_for(topology.service_name, redis_class=_SentinelRedis)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8
         client.manager = manager
         return client
     retry = opts.pop("retry")

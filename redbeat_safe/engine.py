@@ -162,6 +162,13 @@ class Engine:
         return LIVENESS_BASE_MS + int(2 * self.max_interval * 1000)
 
     @property
+    def split_ms(self) -> int:
+        """How long a beat that stopped doing its part of a burst keeps it (peek.lua):
+        at most half the lease, so that its ticks are taken over while late, not missed
+        (the grace is lease + loop interval)."""
+        return max(1, min(SPLIT_WINDOW_MS, self.settings.lease_ms // 2))
+
+    @property
     def grace_ms(self) -> int:
         """A due tick later than this was missed (no instance ran), not just slept through."""
         return self.settings.lease_ms + int(self.max_interval * 1000)
@@ -223,7 +230,8 @@ class Engine:
         """First half of a pass: peek (acks, heartbeat, reaping) and plan the claims."""
         started = time.monotonic()
         reap_due = self._reap_at is not None and started >= self._reap_at
-        peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks, confirm=reap_due)
+        peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks, confirm=reap_due,
+                               split_ms=self.split_ms)
         read_at = time.monotonic()
         self.observer.redis("peek", read_at - started)
         self._acks = []
@@ -274,7 +282,7 @@ class Engine:
         raced = False
         wake = [t for t in (peek.next_tick, peek.next_lease) if t is not None]
         if peek.due_total > len(peek.due):  # other instances have the rest of a burst: look again before
-            wake.append(peek.now + SPLIT_WINDOW_MS)  # their part would be ours, should they die (a pass that won nothing)
+            wake.append(peek.now + self.split_ms)  # their part would be ours, should they die (a pass that won nothing)
         now, read_at = peek.now, p.read_at
         if p.planned:
             self._lease_start = time.monotonic()

@@ -343,6 +343,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return any(isinstance(e, (OperationalError, OSError, TimeoutError) + recoverable) for e in (exc, cause) if e is not None)
 
     @cached_property
+    def producer(self) -> Any:
+        """Beat's producer, made without Celery's wait for the broker.
+
+        Celery's beat waits in ``ensure_connection`` for up to
+        ``broker_connection_max_retries`` tries (minutes): a beat stuck there neither
+        heartbeats nor claims, so it shows as dead. Here one short retry, then the
+        publish fails as transient: the tick stays in flight for the reaper, and
+        the beat keeps its heartbeat and its part of the due list meanwhile."""
+        conn = self.connection.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2, interval_max=0.2)
+        return self.Producer(conn, auto_declare=False)
+
+    @cached_property
     def connection(self) -> Any:
         """Beat's broker connection, with publisher confirms on an AMQP broker (see dispatch.confirming)."""
         return self.app.connection_for_write(transport_options=confirming(self.app))

@@ -40,9 +40,11 @@ from .schedules import MAX_TICK_MS
 #: ``{p}:meta`` by the first beat to register. A beat refuses keys of another layout
 #: instead of misreading them; a version that changes the layout bumps it.
 LAYOUT = "1"
-#: Instances that peeked within this window split a burst between them (peek.lua);
-#: one that died leaves the split after it, and a part due longer than this is
-#: shared out again from the oldest entry.
+#: Instances that did their part within this window split a burst between them
+#: (peek.lua); one that stalled or died leaves the split after it, and a part due
+#: longer than this is shared out again from the oldest entry. A beat uses at most
+#: half its lease (Engine.split_ms), so a stalled beat's part is taken over well
+#: within the misfire grace (lease + loop interval).
 SPLIT_WINDOW_MS = 5_000
 
 _SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune")
@@ -97,7 +99,7 @@ class Keys:
         self.meta = f"{tag}:meta"  # hash: epoch (changes if Redis lost the data), layout
         self.counters = f"{tag}:counters"  # hash: kind (s, r, t, x, skip) -> how many, cluster-wide, for the metrics
         self.refusals = f"{tag}:refusals"  # hash, expiring: embedded beat id -> JSON (why it schedules nothing)
-        self.seen = f"{tag}:seen"  # zset: instance id -> when its last peek ran (ms): who splits a burst
+        self.seen = f"{tag}:seen"  # zset: instance id -> when it last did its part (peek found none, or a claim): who splits a burst
         self._history = f"{tag}:history:"
         self._reply = f"{tag}:reply:"
         self._request = f"{tag}:request:"
@@ -551,7 +553,7 @@ class RedisStore:
         for it in items:
             mode = it.mode or ("" if it.next is None else str(it.next))
             args += [it.name, it.score, it.version, mode, it.reason, it.skipped, len(it.ticks), *it.ticks]
-        keys = [self._reply_key(), k.due, k.state, k.defs, k.inflight, k.flight, k.holder, k.aside, k.counters]
+        keys = [self._reply_key(), k.due, k.state, k.defs, k.inflight, k.flight, k.holder, k.aside, k.counters, k.seen]
         raw, confirmed = self._durable("claim", keys, args)
         codes = [Claimed(x) if isinstance(x, int) else Claimed(ASIDE, _s(x)) for x in raw[1:]]
         return int(raw[0]), codes, bool(confirmed)

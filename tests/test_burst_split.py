@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from faults import T0, Fleet
+from faults import T0, Fleet, Sent, run_until_idle
 from harness import RedisServer
 from redbeat_safe import every, registry
-from redbeat_safe.definitions import build
-from redbeat_safe.engine import Observer
+from redbeat_safe.definitions import EntryDef, build
+from redbeat_safe.dispatch import task_id_for
+from redbeat_safe.engine import Observer, PublishError
 from redbeat_safe.schedules import ms_to_datetime
 from redbeat_safe.store import SPLIT_WINDOW_MS
 
@@ -55,18 +56,21 @@ def test_two_live_instances_read_disjoint_halves_and_never_race(redis_server: Re
 
 
 def test_a_dead_instances_part_is_taken_over(redis_server: RedisServer, prefix: str) -> None:
-    """b peeks once, then dies: a reads its own part while b counts, takes over b's as
-    the parts shift, and after the window b no longer counts at all."""
+    """b did its part once (an idle pass), then peeks the burst and dies: a reads its own
+    part while b counts, takes over b's as the parts shift, and after the window b no
+    longer counts at all. b's peek alone (a part handed out, never claimed) does not
+    make it count for longer."""
     fleet = _fleet(redis_server, prefix)
     a, b = fleet.engine("a"), fleet.engine("b")
     a.register()
     b.register()
+    b.run_once()  # nothing due yet: b has done its part, it counts for the split
     fleet.clock.set(T0 + 1000)
-    b.prepare()  # b has peeked (it counts for the split), and will never claim
+    b.prepare()  # b reads its part of the burst, and will never claim it
     first = a.prepare()
     assert len(first.peek.due) == N // 2  # b counts: a reads its half only
     a.finish(first)
-    fleet.clock.advance(SPLIT_WINDOW_MS + 1)  # b has not peeked for longer than the window
+    fleet.clock.set(T0 + SPLIT_WINDOW_MS + 1)  # b has not done its part for longer than the window
     alone = a.prepare()
     assert len(alone.peek.due) == min(200, N - N // 2) and alone.peek.due_total == N - N // 2  # all of the rest is a's
     a.finish(alone)
@@ -100,7 +104,46 @@ def test_entries_due_longer_than_the_window_are_shared_out_from_the_oldest(redis
     a.register()
     b.register()
     fleet.clock.set(T0 + 1000 + SPLIT_WINDOW_MS + 1)  # every entry overdue
-    a.store.peek("b", b.heartbeat_ms, 10_000, 0, 0)  # b has just looked (reading nothing)
+    for e in (a, b):  # both have just looked (reading nothing): both did their part
+        e.store.peek(e.instance_id, e.heartbeat_ms, 10_000, 0, 0)
     pa, pb = a.prepare(), b.prepare()
     names_a, names_b = {d.name for d in pa.peek.due}, {d.name for d in pb.peek.due}
     assert names_a.isdisjoint(names_b) and len(names_a | names_b) == N
+
+
+def test_a_stuck_instances_part_is_taken_over_before_its_ticks_count_as_missed(redis_server: RedisServer, prefix: str) -> None:
+    """Found by the RabbitMQ crash test in CI: during a broker outage one beat blocked in
+    Celery's reconnect loop and stopped peeking, yet counted for the split for 5 s, longer
+    than the misfire grace of a 3 s lease (+ 1 s loop); the other beat, slowed by failing
+    publishes, read only its own part, and the silent beat's ticks were coalesced away
+    although a beat ran all along. The split window now follows the lease."""
+    fleet = Fleet(redis_server.client(), prefix, lease_ms=3000)
+    # staggered phases, as in the RabbitMQ test
+    entries = [build(f"e{i}", "t", every(0.7, start=ms_to_datetime(T0 + 100 + 233 * i)), default_tz="UTC") for i in range(3)]
+    registry.upsert(fleet.store(), entries, "api")
+    broker_up = False
+
+    def publish(entry: EntryDef, name: str, tick: int) -> None:
+        if not broker_up:
+            fleet.clock.advance(600)  # what a publish to a dead broker costs (Celery's retries)
+            raise PublishError("OperationalError: [Errno 111] Connection refused", transient=True)
+        fleet.sent.append(Sent(name, tick, task_id_for(prefix, name, tick), "b"))
+
+    # the silent one ranks first: its part is the oldest of the due list
+    a, b = fleet.engine("b", publish=publish), fleet.engine("a")
+    a.register()
+    b.register()
+    b.prepare()  # "a" has looked, then blocks on the broker and never peeks again
+    while fleet.clock.now < T0 + 12_000:
+        fleet.clock.advance(100)
+        run_until_idle(a)
+    broker_up = True
+    outage_end = fleet.clock.now
+    for _ in range(40):
+        fleet.clock.advance(250)
+        run_until_idle(a)
+    for e in entries:
+        ticks = sorted(set(fleet.ticks(e.name)))
+        expected = list(range(ticks[0], ticks[-1] + 1, 700))
+        assert ticks[0] < T0 + 1000 and ticks[-1] > outage_end
+        assert ticks == expected, f"{e.name}: {sorted(set(expected) - set(ticks))} missing"

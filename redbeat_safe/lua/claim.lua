@@ -2,7 +2,7 @@
 -- that advances the next tick in the same step and records the claimed ticks
 -- in flight under a lease (held by this instance), with a copy of the
 -- definition they were claimed under.
--- KEYS: reply, due, state, defs, inflight, flight, holder, aside, counters
+-- KEYS: reply, due, state, defs, inflight, flight, holder, aside, counters, seen
 -- ARGV: reply ttl ms, instance id, lease ms, count, then per entry: name,
 --       expected next tick (exactly as peek returned it), expected version
 --       (-1 when the caller could not read the state), mode, reason, skipped
@@ -13,6 +13,9 @@
 --       caller cannot follow the entry (its schedule): set it aside for `reason`.
 -- Returns: {now, per entry: 1 claimed | 0 changed meanwhile (re-read) |
 --           -1 not due by the server clock | '<what is wrong>' set aside}
+--
+-- A claim by an instance marks it as one that does its part of the due list
+-- (`seen`, see peek.lua), whatever each entry's outcome.
 --
 -- No record makes this script fail: a damaged entry is set aside (removed from
 -- due, the reason kept in `aside`) and the rest of the batch is claimed.
@@ -102,4 +105,5 @@ for _ = 1, tonumber(ARGV[4]) do
   end
   out[#out + 1] = code
 end
+if instance ~= '' then redis.call('ZADD', KEYS[10], now, instance) end
 return remember(out)

@@ -9,24 +9,26 @@
 --           #due, name, score, version (-1: unreadable), runs, definition hash or what is wrong, ...,
 --           #reaped, member, definition (false if missing), ..., entries due in all}
 --
--- Splitting a burst: the instances that peeked within the split window (`seen`,
--- written by this script only, so a beat that registers but never gets to claim,
--- or one with other settings, is not counted) are ranked by id, and instance r of
--- n reads its own part of the due list: positions [r*c/n, (r+1)*c/n), where c is
--- every due entry, or, once some have been due longer than the window, only the
--- oldest min(overdue, n*max due) of them. Live instances therefore claim
--- different entries instead of racing over the same ones (the claim's
--- compare-and-set still decides every tick; this only makes conflicts rare), and
--- the oldest ticks are always somebody's: an instance that stops peeking leaves
--- the ranking after the window, and a part that waited longer than the window
--- is shared out again from the oldest.
+-- Splitting a burst: the instances that did their part within the split window
+-- (`seen`: a peek that found its part empty, or a claim, writes it) are ranked
+-- by id, with this one among them, and instance r of n reads its own part of
+-- the due list: positions [r*c/n, (r+1)*c/n), where c is every due entry, or,
+-- once some have been due longer than the window, only the oldest
+-- min(overdue, n*max due) of them. Live instances therefore claim different
+-- entries instead of racing over the same ones (the claim's compare-and-set
+-- still decides every tick; this only makes conflicts rare). A peek that hands
+-- an instance a part does not count it as live: its claim does. So an instance
+-- that peeks and then stalls (blocked on the broker, paused, failing) stops
+-- holding a part one window after it last did its part, and the caller keeps
+-- the window shorter than the misfire grace (half the lease): the others take
+-- its part over while its ticks are late, never missed.
 --
 -- Run twice (a lost reply): the first run's acknowledgements and re-leases are
 -- recorded in KEYS[1]; the second run applies neither again and hands back the
 -- same re-leased ticks, which are leased to this instance, so they are not lost
 -- for a lease. Everything else it returns is a fresh read, as one later call's
--- (the split included), and its one other write, this instance's `seen` time and
--- heartbeat, is the same write a later call makes.
+-- (the split included), and its other writes, this instance's heartbeat and
+-- (when its part is empty) its `seen` time, are the writes a later call makes.
 local now = now_ms()
 local instance, lease, max_due, max_reap = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local reaped = replay()
@@ -54,17 +56,24 @@ out[#out + 1] = leased[2] or ''
 
 local count = redis.call('ZCOUNT', KEYS[2], '-inf', now)
 local window = tonumber(ARGV[7])
-redis.call('ZADD', KEYS[12], now, instance)
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[12], '-inf', now - 3600000, 'LIMIT', 0, 10)) do
   redis.call('ZREM', KEYS[12], gone)  -- instances not seen for an hour: their ids never come back
 end
 local offset, take = 0, math.min(max_due, count)
 if count > 0 then
   local live = redis.call('ZRANGEBYSCORE', KEYS[12], now - window, '+inf')
-  if #live > 1 then
-    table.sort(live)
-    local rank, n = 0, #live
-    for i = 1, n do if live[i] == instance then rank = i - 1 end end
+  local rank, n, found = 0, #live, false
+  table.sort(live)
+  for i = 1, n do
+    if live[i] == instance then rank, found = i - 1, true end
+  end
+  if not found then  -- not counted by the others yet: this peek ranks it among them
+    n = n + 1
+    for i = 1, #live do
+      if live[i] < instance then rank = i end
+    end
+  end
+  if n > 1 then
     local span = count
     local overdue = redis.call('ZCOUNT', KEYS[2], '-inf', now - window)
     if overdue > 0 then span = math.min(overdue, n * max_due) end
@@ -72,6 +81,8 @@ if count > 0 then
     take = math.min(max_due, math.floor((rank + 1) * span / n) - offset)
   end
 end
+-- an empty part is a part done; a part handed out counts once it is claimed
+if take <= 0 then redis.call('ZADD', KEYS[12], now, instance) end
 local due = {}
 -- by rank, so only as many as are due: the members after them are in the future
 if take > 0 then due = redis.call('ZRANGE', KEYS[2], offset, offset + take - 1, 'WITHSCORES') end
