@@ -80,7 +80,9 @@ class Proc:
 
 def _env(servers: Servers, extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"BENCH_BROKER_URL": servers.broker.url, "BENCH_STORE_URL": servers.store.url, "PYTHONPATH": str(ROOT)})
+    # BENCH_CODE: another checkout whose redbeat_safe the beats run (a "before" row); bench/ stays this one
+    path = os.pathsep.join(p for p in (os.environ.get("BENCH_CODE"), str(ROOT)) if p)
+    env.update({"BENCH_BROKER_URL": servers.broker.url, "BENCH_STORE_URL": servers.store.url, "PYTHONPATH": path})
     env.update(extra)
     return env
 

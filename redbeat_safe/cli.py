@@ -189,7 +189,19 @@ def _now() -> int:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-tz_option = click.option("--tz", "show_tz", help="Show times in this IANA zone (default: each entry's own zone).")
+def _checked_zone(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--tz is checked before anything is read: a bad zone is the same error with no entries."""
+    if value is not None:
+        try:
+            zone_name(value)
+        except ScheduleError as exc:
+            click.echo(f"error: --tz: {exc}", err=True)  # one line, as _handled says it
+            ctx.exit(2)
+    return value
+
+
+tz_option = click.option("--tz", "show_tz", callback=_checked_zone,
+                         help="Show times in this IANA zone (default: each entry's own zone).")
 
 
 @click.group(name="schedules")
@@ -247,6 +259,8 @@ def show(ctx: click.Context, name: str, show_tz: str | None, as_json: bool) -> N
 
     def human() -> str:
         shown = {k: (_at(getattr(e, k), zone, "milliseconds") if k in _TIMES else v) for k, v in data.items()}
+        if e.schedule is not None and "schedule" in shown:
+            shown["schedule"] = f"{shown['schedule']}{_bounds(e, zone)}"  # start, end and limit, as in list
         shown["zone"] = zone.key
         return "\n".join(f"{k:>13}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in shown.items())
 
@@ -328,13 +342,16 @@ def _edited(api: Schedules, current: Entry | None, c: dict[str, Any]) -> tuple[s
     args = _json_arg(c["args_json"], list, "--args")
     kwargs = _json_arg(c["kwargs_json"], dict, "--kwargs")
     options = dict(current.options) if current is not None else {}
-    options.update(_json_arg(c["options_json"], dict, "--options") or {})
-    if c["queue"]:
-        options["queue"] = c["queue"]
-    if c["expires"] is not None:
-        options["expires"] = parse_interval(c["expires"])
-    if c["priority"] is not None:
-        options["priority"] = c["priority"]
+    given = _json_arg(c["options_json"], dict, "--options") or {}
+    options.update(given)
+    flags = {"queue": c["queue"] or None, "expires": None if c["expires"] is None else parse_interval(c["expires"]),
+             "priority": c["priority"]}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in given and given[key] != value:  # which one was meant? say so rather than pick one
+            raise Failure(2, f"--{key} {value!r} and --options {key!r}: {given[key]!r} disagree; give it once")
+        options[key] = value
     return (task, sched, list(current.args) if args is None and current is not None else (args or []),
             dict(current.kwargs) if kwargs is None and current is not None else (kwargs or {}), options)
 
@@ -655,16 +672,18 @@ def export_(ctx: click.Context, as_json: bool) -> None:
 @schedules.command(name="import")
 @click.argument("file", type=click.File("r"))
 @click.option("--dry-run", is_flag=True, help="Check and show, write nothing.")
+@click.option("--force", is_flag=True, help="Change entries that come from a beat_schedule anyway (until a beat next starts).")
 @json_option
 @click.pass_context
 @_handled
-def import_(ctx: click.Context, file: Any, dry_run: bool, as_json: bool) -> None:
+def import_(ctx: click.Context, file: Any, dry_run: bool, force: bool, as_json: bool) -> None:
     """Load entries written by `export` (idempotent; keeps each entry's phase)."""
     try:
         data = loads(file.read())
+        report = import_export(_api(ctx).store, data, dry_run=dry_run, force=force)
     except ImportRefused as exc:
-        raise Failure(2, f"{file.name}: {exc}; nothing was written") from None
-    report = import_export(_api(ctx).store, data, dry_run=dry_run)
+        text = str(exc)
+        raise Failure(2, f"{file.name}: {text}" + ("" if text.endswith("nothing was written") else "; nothing was written")) from None
     _emit(as_json, report.as_dict(), lambda: _table(("NAME", "RESULT"), report.rows()))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ class Settings:
         typos = declared.unknown(conf.keys(), getattr(app, "namespace", None))
         if typos:
             raise ImproperlyConfigured("redbeat_safe: " + "; ".join(typos))
+        for option in declared.OPTIONS:  # each declared type, before any value is used
+            problem = declared.check_type(option, conf.get(option.name))
+            if problem:
+                raise ImproperlyConfigured(f"redbeat_safe: {option.name} {problem}")
         options = conf.get("redbeat_safe_redis_options") or {}
         if not isinstance(options, dict):
             raise ImproperlyConfigured("redbeat_safe_redis_options must be a dict of redis-py connection options")
@@ -102,6 +107,9 @@ class Settings:
             tz = zone_name(app.timezone)
         except ScheduleError as exc:
             raise ImproperlyConfigured(f"redbeat_safe: the app's timezone cannot be used: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - Celery resolves the name itself: ZoneInfoNotFoundError, ValueError, ...
+            raise ImproperlyConfigured(f"redbeat_safe: the app's timezone {conf.get('timezone')!r} is not a time zone "
+                                       f"({type(exc).__name__}); use an IANA name such as 'Europe/Berlin'") from None
         shared = _shared_with_broker(app, topology)
         metrics_port = conf.get("redbeat_safe_metrics_port")
         if metrics_port is not None and (isinstance(metrics_port, bool) or not isinstance(metrics_port, int)
@@ -134,7 +142,8 @@ def _positive(value: Any, default: float, name: str) -> float:
 
 
 def _seconds(value: Any, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            or (value == 0 and not allow_zero)):
         raise ImproperlyConfigured(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds, not {value!r}")
     return float(value)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -275,6 +276,25 @@ def warn_once(message: str) -> None:
 _warned: set[str] = set()
 
 
+#: Options whose wrong type redis-py would only report at the first command, with a
+#: traceback: seconds (None: no timeout), and the ones that take a whole number.
+_SECONDS_OPTIONS = ("socket_timeout", "socket_connect_timeout")
+_COUNT_OPTIONS = ("health_check_interval", "max_connections", "db")
+
+
+def _check_option_values(opts: Mapping[str, Any]) -> None:
+    for key in _SECONDS_OPTIONS:
+        value = opts.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                                  or value <= 0):
+            raise _fail(f"redbeat_safe_redis_options: {key} must be a positive number of seconds (or None), not {value!r}")
+    for key in _COUNT_OPTIONS:
+        value = opts.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "max_connections" else 0)):
+            raise _fail(f"redbeat_safe_redis_options: {key} must be a whole number >= {1 if key == 'max_connections' else 0}, "
+                        f"not {value!r}")
+
+
 def parse(url: str, options: Mapping[str, Any]) -> Topology:
     """The topology the settings describe; no I/O."""
     opts = dict(options)
@@ -284,6 +304,7 @@ def parse(url: str, options: Mapping[str, Any]) -> Topology:
             raise _fail(f"redbeat_safe_redis_options: {key!r} cannot be set ({_REFUSED[key]})")
         if key not in known:
             raise _fail(f"redbeat_safe_redis_options: unknown option {key!r} (not a redis-py connection argument)")
+    _check_option_values(opts)
     scheme = urlsplit(url.split(";")[0]).scheme if url else ""
     if url and scheme not in SCHEMES:
         raise _fail(f"redbeat_safe_redis_url must be one of {', '.join(s + '://' for s in SCHEMES)}, not {url.split('://')[0]}://...")

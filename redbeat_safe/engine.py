@@ -37,6 +37,7 @@ from .store import (
     Due,
     Peek,
     RedisStore,
+    WakeUnavailable,
     definition_hash,
     member,
 )
@@ -101,6 +102,15 @@ class Observer:
 
 
 @dataclass
+class Look:
+    """A peek and when it was read (monotonic): what ``plan_pass`` works from."""
+
+    peek: Peek
+    read_at: float
+    started: float
+
+
+@dataclass
 class Pass:
     """What prepare() saw and planned, for finish() to claim."""
 
@@ -148,6 +158,11 @@ class Engine:
         self._lease_start = 0.0
         self._reap_at: float | None = 0.0  #: when a lease may next expire (monotonic): peek WAITs then
         self._unconfirmed_since: float | None = None
+        #: whether the sleep between passes is a wait for wake-ups (see ``look``)
+        self.wakeups = True
+        self._wakeups_retry = 0.0
+        self._wake_id = "0-0"  #: the latest wake-up the last peek read
+        self.wakeups_seen = 0  #: waits a wake-up ended early
         self.observer = Observer()
 
     @property
@@ -226,14 +241,63 @@ class Engine:
         """One pass; returns the seconds to sleep before the next (0: go again now)."""
         return self.finish(self.prepare())
 
-    def prepare(self) -> Pass:
+    def prepare(self, wait: float = 0.0) -> Pass:
         """First half of a pass: peek (acks, heartbeat, reaping) and plan the claims."""
+        return self.plan_pass(self.look(wait))
+
+    def look(self, wait: float = 0.0) -> Look:
+        """The peek, after waiting up to ``wait`` seconds for a wake-up (a change made
+        through the API, a tick handed back): the sleep between passes, spent blocked
+        on Redis instead of in ``time.sleep``, so a change ends it at once.
+
+        Waits longer than one blocking call may take (``block_cap_ms``) are made of
+        plain waits, the last one pipelined with the peek. When the server refuses
+        the wait (the wake key damaged, an ACL without XREAD), the beat says so once
+        and sleeps its loop interval as it would without wake-ups, and tries again
+        after REPORT_EVERY."""
+        store = self.store
+        block_ms = 0
+        woken: bool | None = None
+        if wait > 0 and self.wakeups:
+            deadline = time.monotonic() + wait
+            cap = store.block_cap_ms
+            try:
+                while (deadline - time.monotonic()) * 1000 > cap:
+                    if store.wait_for_wake(self._wake_id, cap):
+                        woken = True
+                        break
+            except WakeUnavailable as exc:
+                self._no_wakeups(str(exc))
+                time.sleep(max(0.0, deadline - time.monotonic()))
+            if self.wakeups and woken is None:
+                block_ms = int((deadline - time.monotonic()) * 1000)
         started = time.monotonic()
-        reap_due = self._reap_at is not None and started >= self._reap_at
+        # the peek runs when the wait ends: a lease that runs out by then is reaped with a WAIT
+        reap_due = self._reap_at is not None and started + block_ms / 1000 >= self._reap_at
         peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks, confirm=reap_due,
-                               split_ms=self.split_ms)
+                               split_ms=self.split_ms, block_ms=block_ms, wake_id=self._wake_id)
         read_at = time.monotonic()
+        if peek.wake_error is not None:
+            self._no_wakeups(peek.wake_error)
+        elif peek.woken is not None:
+            woken = peek.woken
+        if woken:
+            self.wakeups_seen += 1
+        self._wake_id = peek.wake_id or "0-0"
         self.observer.redis("peek", read_at - started)
+        return Look(peek, read_at, started)
+
+    def _no_wakeups(self, why: str) -> None:
+        self.wakeups = False
+        self._wakeups_retry = time.monotonic() + REPORT_EVERY
+        logger.warning("redbeat_safe: cannot wait for wake-ups (%s); sleeping the loop interval instead, so changes made through "
+                       "the API are seen within it. Trying again in %.0fs", why, REPORT_EVERY)
+
+    def plan_pass(self, look: Look) -> Pass:
+        """What follows the peek: hand out the reaped ticks, register again if needed, plan."""
+        peek, read_at, started = look.peek, look.read_at, look.started
+        if not self.wakeups and time.monotonic() >= self._wakeups_retry:
+            self.wakeups = True
         self._acks = []
         self._server_now = peek.now
         self._held()

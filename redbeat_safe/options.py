@@ -9,6 +9,8 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .connection import DEFAULTS as CONNECTION_DEFAULTS
+
 PREFIX = "redbeat_safe_"
 
 
@@ -24,7 +26,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("redbeat_safe_redis_url", "str", "the broker URL, if it is `redis://`, `rediss://`, `unix://` or `sentinel://`; "
            "for a list or a `;`-separated failover string, its first URL", "The Redis that holds the entries."),
     Option("redbeat_safe_key_prefix", "str", "`redbeat_safe`", "Every key is `{<prefix>}:<name>`: one hash tag per app."),
-    Option("redbeat_safe_redis_options", "dict", "`{}`", "Extra keyword arguments for the redis-py client (TLS, Sentinel, Cluster)."),
+    Option("redbeat_safe_redis_options", "dict", "`{}`", "Extra keyword arguments for the redis-py client (TLS, Sentinel, Cluster), "
+           "over the built-in " + ", ".join(f"`{k}={v}`" for k, v in CONNECTION_DEFAULTS.items()) + "."),
     Option("redbeat_safe_lease", "seconds", "`10` (seconds)", "How long a claimed tick may stay unpublished before a reaper re-publishes it."),
     Option("redbeat_safe_catchup", "str", "`coalesce`", "Misfire policy for ticks missed while no beat ran: coalesce, skip or all."),
     Option("redbeat_safe_catchup_max", "int", "`100`", "With `all`: at most this many of the latest missed ticks are published."),
@@ -35,7 +38,46 @@ OPTIONS: tuple[Option, ...] = (
     Option("redbeat_safe_dashboard_token", "str", "none", "Enables the dashboard's pause, resume and trigger buttons."),
     Option("redbeat_safe_dashboard_show_args", "bool", "`False`", "Show entry arguments on the dashboard."),
 )
+#: Celery's own settings that this scheduler reads, with the default it gives them
+#: where that differs from Celery's (the configuration reference lists them too).
+CELERY_SETTINGS: tuple[Option, ...] = (
+    Option("beat_max_loop_interval", "seconds", "**1 s** (Celery's own default is 300 s)",
+           "The longest a beat goes without looking; changes made through the API wake it at once."),
+    Option("beat_cron_starting_deadline", "seconds", "none", "Patterns only: a tick older than this is not published late."),
+    Option("timezone", "str", "Celery's: UTC", "The zone of patterns that name none, fixed when the entry is registered."),
+    Option("beat_schedule", "dict", "`{}`", "The static entries, registered by every beat at startup."),
+    Option("result_expires", "seconds", "Celery's (1 day)", "As in Celery's beat: adds `celery.backend_cleanup` when the backend "
+           "cannot expire results."),
+    Option("broker_transport_options", "dict", "Celery's", "With RabbitMQ, beats publish with `confirm_publish: True` unless "
+           "this sets it."),
+    Option("beat_scheduler", "str", "Celery's", "`\"redbeat_safe.Scheduler\"` (or `-S redbeat_safe.Scheduler`)."),
+)
 NAMES = frozenset(o.name for o in OPTIONS)
+
+
+def check_type(option: Option, value: object) -> str | None:
+    """What is wrong with ``value``'s type for ``option`` (None: unset, or the right type).
+    The finer rules (ranges, schemes) are the settings' own; this keeps a string
+    "false" from passing where a bool is read, or 123 where a token is."""
+    if value is None:
+        return None
+    kind = option.type
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "seconds":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind == "dict":
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    return None if ok else f"must be {_KINDS.get(kind, kind)}, not {value!r}"
+
+
+_KINDS = {"bool": "True or False", "str": "a string", "int": "a whole number", "seconds": "a number of seconds", "dict": "a dict"}
 
 
 def setting_name(key: str, namespace: str | None) -> str | None:
@@ -89,3 +131,15 @@ def unknown(keys: Iterable[str], namespace: str | None = None) -> list[str]:
         else:
             out.append(f"unknown setting {key!r}; the known ones are in docs/configuration.md")
     return out
+
+
+def reference_table() -> str:
+    """The settings table of docs/configuration.md, exactly (a test compares them):
+    ``python -m redbeat_safe.options`` prints it."""
+    rows = ["| setting | type | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{o.name}` | {o.type} | {o.default} | {o.meaning} |" for o in OPTIONS + CELERY_SETTINGS]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_table())

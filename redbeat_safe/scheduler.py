@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -82,16 +83,42 @@ def _due_again(seen: dict[str, float], message: str) -> bool:
     return True
 
 
+class BeatRefused(SystemExit):
+    """A standalone beat refusing its configuration: one line on stderr and exit 2.
+
+    Celery would show an ``ImproperlyConfigured`` raised while it builds the
+    scheduler as a critical log line with a traceback, and again as a traceback
+    cut into log lines, the reason last. A SystemExit passes through Celery's
+    handlers untouched; ``reason`` keeps the message for whoever catches it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = 2
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
     """Active-active beat scheduler: every instance claims ticks atomically in Redis."""
 
-    #: Upper bound on one sleep, unless ``beat_max_loop_interval`` says otherwise:
-    #: entries added through the API are seen within this time.
+    #: Upper bound on one sleep, unless ``beat_max_loop_interval`` says otherwise: how
+    #: long a beat may go without looking. A change made through the API wakes it at once.
     max_interval = 1
     #: The protocol implementation (tests substitute one that crashes on cue).
     engine_class = Engine
 
     def __init__(self, app: Celery, *args: Any, lazy: bool = False, **kwargs: Any) -> None:
+        try:
+            self._init(app, *args, lazy=lazy, **kwargs)
+        except ImproperlyConfigured as exc:  # embedded beats never get here: they refuse at every loop instead
+            first, *rest = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            reason = " ".join([first, "; ".join(rest)]) if rest else first
+            print(f"celery beat: {reason}", file=sys.__stderr__ or sys.stderr, flush=True)
+            raise BeatRefused(reason) from None
+
+    def _init(self, app: Celery, *args: Any, lazy: bool = False, **kwargs: Any) -> None:
         # Celery calls setup_schedule() from inside super().__init__, so
         # everything it needs is set first. The banner's lazy instance does no I/O.
         self.lazy = lazy
@@ -116,6 +143,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._failures: dict[str, float] = {}
         self._unknown_tasks: set[str] = set()
         self._foreign_layout = False  #: the store's keys have a layout this version must not write to
+        self._wait = 0.0  #: seconds the next tick waits for a wake-up before it looks
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
     # -- Celery's contract -------------------------------------------------
@@ -195,11 +223,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self.refusal is not None:
             return self._refusing()
         self._ticking = True
+        wait, self._wait = self._wait, 0.0  # an error below: the next tick looks at once, without waiting
         try:
             if not self.engine.registered:
                 self._register()
+                wait = 0.0
+            # the sleep is a wait for wake-ups, with the peek behind it: outside the
+            # signal hold, as Celery's own sleep is (a stop while waiting is a stop while idle)
+            look = self.engine.look(wait)
             with self._stop_signals_wait():
-                delay = self.engine.run_once()
+                delay = self.engine.finish(self.engine.plan_pass(look))
         except STORE_ERRORS as exc:
             return self._refused(exc) if is_refusal(exc) else self._outage(exc)
         except LayoutRefused as exc:  # registering again (Redis restarted empty) met another version's keys
@@ -219,6 +252,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             logger.warning("redbeat_safe: Redis reachable again after %.1fs", time.monotonic() - self._outage_since)
             self._outage_since, self._retry = None, 0.5
             self.engine.observer.outage(False)
+        if self.engine.wakeups and delay > 0:
+            self._wait = delay  # spent in the next tick's look, blocked on Redis until a wake-up or the delay
+            return 0.0
         return delay
 
     def close(self) -> None:

@@ -100,6 +100,7 @@ class Keys:
         self.counters = f"{tag}:counters"  # hash: kind (s, r, t, x, skip) -> how many, cluster-wide, for the metrics
         self.refusals = f"{tag}:refusals"  # hash, expiring: embedded beat id -> JSON (why it schedules nothing)
         self.seen = f"{tag}:seen"  # zset: instance id -> when it last did its part (peek found none, or a claim): who splits a burst
+        self.wake = f"{tag}:wake"  # stream: one record per change that may make something due sooner (beats wait on it)
         self._history = f"{tag}:history:"
         self._reply = f"{tag}:reply:"
         self._request = f"{tag}:request:"
@@ -282,6 +283,14 @@ class Peek:
     reaped: list[Reaped]
     confirmed: bool | None = True  #: the re-leases of ``reaped`` reached wait_replicas replicas (None: not asked)
     due_total: int = 0  #: entries due in all: more than ``due`` when other instances have the rest of a burst
+    wake_id: str = ""  #: the latest wake-up, read with the due list: wait for one after it
+    woken: bool | None = None  #: the wait before this peek ended with a wake-up (None: it did not wait)
+    wake_error: str | None = None  #: waiting for wake-ups failed, for a reason waiting again will not fix
+
+
+class WakeUnavailable(Exception):
+    """The server refused a wait for wake-ups (the wake key damaged, an ACL without
+    XREAD): waiting again would fail the same way, so the beat sleeps instead."""
 
 
 #: What claim answers per entry (ASIDE: it was set aside; ``Claimed.aside`` says why).
@@ -484,7 +493,7 @@ class RedisStore:
             expected = "-" if it.expected_version is None else str(it.expected_version)
             args += [it.name, expected, it.definition, it.definition_hash, it.schedule_hash, it.source, nxt, "1" if it.enabled else "0",
                      "" if it.runs is None else it.runs, "" if it.last is None else it.last]
-        result = [_s(r) for r in self._call("upsert", [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside], args)]
+        result = [_s(r) for r in self._call("upsert", [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside, k.wake], args)]
         bad = [it.name for it, r in zip(items, result, strict=True) if r == "invalid"]
         if bad:
             raise ValueError(f"not a tick for {', '.join(map(repr, bad))}: nothing written for them")
@@ -502,6 +511,22 @@ class RedisStore:
         return values
 
     # -- the beat loop ----------------------------------------------------
+    @property
+    def block_cap_ms(self) -> int:
+        """The longest one blocking wait may take: well inside the connection's
+        socket_timeout, which would otherwise take a quiet wait for a dead server."""
+        kwargs = getattr(getattr(self._node(), "connection_pool", None), "connection_kwargs", {})
+        timeout = kwargs.get("socket_timeout")
+        return 10_000 if not timeout else max(50, int(float(timeout) * 800))
+
+    def wait_for_wake(self, wake_id: str, block_ms: int) -> bool:
+        """Block until a wake-up after ``wake_id`` (True) or ``block_ms`` passed (False).
+        Raises WakeUnavailable when the server refuses the wait (a damaged key, an ACL)."""
+        try:
+            return bool(self._node().xread({self.keys.wake: wake_id or "0-0"}, count=1, block=max(1, block_ms)))
+        except ResponseError as exc:
+            raise WakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
     def peek(
         self,
         instance: str,
@@ -512,14 +537,26 @@ class RedisStore:
         acks: Sequence[Ack] = (),
         confirm: bool = False,
         split_ms: int = SPLIT_WINDOW_MS,
+        block_ms: int = 0,
+        wake_id: str = "",
     ) -> Peek:
-        """With ``confirm`` (a lease may have expired), WAIT for the re-leases of reaped ticks."""
+        """With ``confirm`` (a lease may have expired), WAIT for the re-leases of reaped ticks.
+
+        With ``block_ms``, first wait up to that long for a wake-up after ``wake_id``,
+        in the same round trip: the server runs the peek the moment the wait ends,
+        so an idle beat costs one round trip per loop, and a change is seen at once.
+        """
         k = self.keys
         keys = [self._reply_key(), k.due, k.state, k.inflight, k.flight, k.holder, k.instances, k.meta, k.instinfo, k.inststats,
-                k.counters, k.seen, *self._history_keys(acks)]
+                k.counters, k.seen, k.wake, *self._history_keys(acks)]
         args: list[Any] = [REPLY_TTL_MS, instance, heartbeat_ms, lease_ms, max_due, max_reap, split_ms, HISTORY_LENGTH,
                            len(acks), *_flat(acks)]
-        raw, confirmed = self._durable("peek", keys, args, confirm)
+        woken: bool | None = None
+        wake_error: str | None = None
+        if block_ms > 0:
+            raw, confirmed, woken, wake_error = self._wait_and_peek(keys, args, confirm, block_ms, wake_id)
+        else:
+            raw, confirmed = self._durable("peek", keys, args, confirm)
         pos = 7
         due = []
         for _ in range(int(raw[6])):
@@ -530,6 +567,7 @@ class RedisStore:
             reaped.append(Reaped(_s(raw[pos + 1]), raw[pos + 2] or None))
             pos += 2
         due_total = int(raw[pos + 1])
+        wake = raw[pos + 2] if len(raw) > pos + 2 else b""
         return Peek(
             now=int(raw[0]),
             epoch=_s(raw[1]),
@@ -541,7 +579,40 @@ class RedisStore:
             reaped=reaped,
             confirmed=confirmed,
             due_total=due_total,
+            wake_id=_s(wake) if wake else "",
+            woken=woken,
+            wake_error=wake_error,
         )
+
+    def _wait_and_peek(self, keys: Sequence[str], args: Sequence[Any], confirm: bool, block_ms: int,
+                       wake_id: str) -> tuple[Any, bool | None, bool | None, str | None]:
+        """XREAD BLOCK on the wake stream, then the peek (and its WAIT), pipelined on one
+        connection. Redis runs a connection's commands in order, so the peek runs when the
+        wait ends; a beat stopped during the wait closes the connection, and the peek
+        queued behind it never runs. A peek that could not run (script cache flushed, slot
+        moved) is run again the ordinary way: the wait is over by then."""
+        script = self._scripts["peek"]
+        waiting = bool(self.wait_replicas and confirm)
+        pipe = self._node().pipeline(transaction=False)
+        pipe.xread({self.keys.wake: wake_id or "0-0"}, count=1, block=max(1, block_ms))
+        pipe.evalsha(script.sha, len(keys), *map(_b, keys), *map(_b, args))
+        if waiting:
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        replies = pipe.execute(raise_on_error=False)
+        woke, raw = replies[0], replies[1]
+        wake_error = f"{type(woke).__name__}: {woke}" if isinstance(woke, Exception) else None
+        woken = None if wake_error else bool(woke)
+        if isinstance(raw, (NoScriptError, MovedError)):
+            raw, confirmed = self._durable("peek", keys, args, confirm)
+            return raw, confirmed, woken, wake_error
+        if isinstance(raw, Exception):
+            raise raw
+        if waiting:
+            acked = replies[2]
+            if isinstance(acked, Exception):
+                raise acked
+            return raw, int(acked) >= self.wait_replicas, woken, wake_error
+        return raw, None if self.wait_replicas else True, woken, wake_error
 
     def _history_keys(self, acks: Sequence[Ack]) -> list[str]:
         return [self.keys.history(a.member.partition(":")[2]) for a in acks]
@@ -562,7 +633,7 @@ class RedisStore:
         """Forget published ticks and append them to their entries' histories."""
         if acks:
             k = self.keys
-            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state, k.counters,
+            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state, k.counters, k.wake,
                     *self._history_keys(acks)]
             self._durable("ack", keys, [REPLY_TTL_MS, "ack", instance, HISTORY_LENGTH, len(acks), *_flat(acks)])
 
@@ -570,7 +641,7 @@ class RedisStore:
         """Make the unpublished claims ``instance`` still holds due for reaping now (a clean shutdown)."""
         if members:
             k = self.keys
-            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state, k.counters]
+            keys = [self._reply_key(), k.inflight, k.flight, k.holder, k.inststats, k.instances, k.state, k.counters, k.wake]
             self._call("ack", keys, [REPLY_TTL_MS, "release", instance, HISTORY_LENGTH, len(members), *members])
 
     def trigger(self, name: str, request_id: str, caller: str, version: int, step_ms: int, anchor_ms: int, lease_ms: int) -> Triggered:

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import redis
 from celery import schedules as cs
@@ -19,7 +20,7 @@ from celery import schedules as cs
 from . import registry
 from .definitions import DefinitionError, EntryDef, build, canonical_json, check_name
 from .registry import Restore
-from .schedules import MAX_TICK_MS, ScheduleError, iso, to_ms
+from .schedules import MAX_TICK_MS, ScheduleError, ms_to_datetime, to_ms
 from .store import RedisStore
 
 FORMAT = "redbeat_safe-export"
@@ -159,12 +160,13 @@ def _entry(item: Any) -> tuple[EntryDef, str, Restore]:
     return entry, source, Restore(next=nxt, runs=runs, last=last, enabled=enabled)
 
 
-def import_export(store: RedisStore, data: Any, dry_run: bool = False) -> Report:
+def import_export(store: RedisStore, data: Any, dry_run: bool = False, force: bool = False) -> Report:
     """Load a file written by export(); idempotent (a second import changes nothing).
 
     The whole file is checked first (every field of every entry, names unique);
     one problem refuses it with ImportRefused naming each bad entry and field,
-    and nothing is written.
+    and nothing is written. So is a change to an entry that comes from a
+    ``beat_schedule`` (a beat restores it when it next starts), unless ``force``.
     """
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ImportRefused(f"not a redbeat_safe export (expected format {FORMAT!r}), nothing was written")
@@ -192,9 +194,26 @@ def import_export(store: RedisStore, data: Any, dry_run: bool = False) -> Report
     if problems:
         shown = "; ".join(dict.fromkeys(problems[:20])) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise ImportRefused(f"{shown}; nothing was written")
+    if not force:
+        _refuse_static_changes(store, entries, sources, restore)
     report = Report()
     report.results = _write(store, entries, sources, restore, dry_run)
     return report
+
+
+def _refuse_static_changes(store: RedisStore, entries: list[EntryDef], sources: dict[str, str], restore: dict[str, Restore]) -> None:
+    """What ``add``, ``edit`` and ``remove`` refuse without --force, an import refuses too:
+    changing an entry a ``beat_schedule`` defines lasts only until a beat next starts."""
+    _, found = store.snapshot([e.name for e in entries])
+    static = [e for e in entries if (st := found[e.name].state) is not None and st.source == "static"]
+    if not static:
+        return
+    would = _write(store, static, sources, restore, dry_run=True)
+    changed = sorted(e.name for e in static if would.get(e.name) != "unchanged")
+    if changed:
+        raise ImportRefused(f"{', '.join(map(repr, changed[:20]))}{' and more' if len(changed) > 20 else ''} come from a "
+                            "beat_schedule: the import would change them only until a beat next starts and registers its "
+                            "beat_schedule again; change the beat_schedule, or import with --force; nothing was written")
 
 
 # -- celery-redbeat --------------------------------------------------------
@@ -270,6 +289,8 @@ def import_redbeat(store: RedisStore, source: redis.Redis, prefix: str, tz: str,
     for e in entries:  # what the outcome alone does not say: the schedule, the next tick, a paused import
         rest = restore[e.name]
         if report.results[e.name] in ("created", "would create"):
-            report.details[e.name] = (f"{e.schedule.human()}, next {iso(rest.next or 0)}"
+            zone = ZoneInfo(getattr(e.schedule, "tz_name", None) or tz)  # the entry's zone, as list shows it
+            when = ms_to_datetime(rest.next or 0).astimezone(zone).isoformat(sep=" ", timespec="seconds")
+            report.details[e.name] = (f"{e.schedule.human()}, next {when}"
                                       + ("" if rest.enabled else ", paused (disabled in celery-redbeat)"))
     return report

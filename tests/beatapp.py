@@ -97,11 +97,11 @@ class BuggyEngine(Engine):
             raise KeyError("planted bug in registration")
         return super().register()
 
-    def run_once(self) -> float:
+    def plan_pass(self, look: Any) -> Any:
         BuggyEngine.passes += 1
         if int(env.get("BEAT_BUG_FROM", "2")) <= BuggyEngine.passes <= int(env.get("BEAT_BUG_TO", "6")):
             raise KeyError("planted bug")
-        return super().run_once()
+        return super().plan_pass(look)
 
 
 class BuggyScheduler(Scheduler):

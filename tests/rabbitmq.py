@@ -28,6 +28,8 @@ from harness import Message, free_port, wait_for
 #: re-runs it through `su rabbitmq`: the node could not write our temp dir, and the pid we hold
 #: would be su's, not the VM's
 REAL_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+#: Seconds after a (re)start in which a missing queue is taken for one still being recovered.
+RECOVERY = 15.0
 MARKER = "REDBEAT_SAFE_TEST_RABBITMQ"  #: environment variable every process of one node carries
 
 
@@ -137,6 +139,7 @@ class RabbitMQ:
         self.epmd: subprocess.Popen[bytes] | None = None
         self.beam_pid: int | None = None  #: the Erlang VM (beam.smp) that is the broker
         self.start_seconds: float | None = None  #: how long the last start() took
+        self.started_at = 0.0  #: when the last start() returned (monotonic)
         self._write_config()
 
     @property
@@ -219,6 +222,7 @@ class RabbitMQ:
             self._teardown(clean=False)
             raise
         self.start_seconds = time.monotonic() - began
+        self.started_at = time.monotonic()
         return self
 
     def _accepts_logins(self) -> bool:
@@ -310,7 +314,18 @@ class RabbitMQ:
         """Every message now in `queue`, oldest first, read with basic.get (no consumer needed).
 
         remove=False puts them all back, in their places, by closing the channel without an ack;
-        they come back marked redelivered. A queue that does not exist reads as empty."""
+        they come back marked redelivered. A queue that does not exist reads as empty; one
+        missing in the first RECOVERY seconds after a (re)start is waited for, since the node
+        takes logins before it has recovered its durable queues (seen under load in CI)."""
+        while True:
+            try:
+                return self._drain_raw(queue, remove)
+            except amqp.exceptions.NotFound:
+                if time.monotonic() - self.started_at > RECOVERY:
+                    return []
+                time.sleep(0.2)
+
+    def _drain_raw(self, queue: str, remove: bool) -> list[Delivery]:
         conn = amqp.Connection(f"127.0.0.1:{self.port}", connect_timeout=10, read_timeout=10, write_timeout=10)
         conn.connect()
         out: list[Delivery] = []
@@ -318,10 +333,7 @@ class RabbitMQ:
             channel = conn.channel()
             last_tag: int | None = None
             while True:
-                try:
-                    msg = channel.basic_get(queue, no_ack=False)
-                except amqp.exceptions.NotFound:
-                    return out
+                msg = channel.basic_get(queue, no_ack=False)
                 if msg is None:
                     break
                 props = dict(msg.properties)

@@ -34,8 +34,11 @@ def test_times_are_shown_in_the_entrys_zone_with_the_offset_or_in_tz(beats: Beat
     shown = ok(cli(beats, "show", "berlin"))
     assert "zone: Europe/Berlin" in shown and "02:30:00.000+0" in shown
     assert ok(cli(beats, "show", "berlin", "--json"))["next_tick"].endswith("+00:00")  # machines get UTC
+    assert "until 2099-01-01 01:00:00+01:00, 0 of 500 runs" in shown, shown  # show has the bounds too
     bad = cli(beats, "list", "--tz", "Mars/Olympus")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --tz: unknown time zone 'Mars/Olympus'"), bad.stderr
+    empty = cli(beats, "list", "--tz", "Mars/Olympus", prefix=beats.prefix + "empty")  # found by the issue-14 check: exit 0
+    assert empty.returncode == 2 and empty.stderr == bad.stderr, empty.stderr
 
 
 def test_next_previews_the_coming_ticks_in_local_time_and_utc(beats: BeatGroup) -> None:
@@ -74,6 +77,9 @@ def test_add_refuses_what_never_fires_warns_on_unknown_tasks_and_takes_message_o
     assert entry["options"] == {"expires": 30.0, "priority": 3, "routing_key": "rk"}
     assert entry["schedule_spec"] == {"kind": "every", "interval_ms": 10000, "align": True}
     assert cli(beats, "add", "p", "--task", "beatapp.record", "--pattern", "* * * * *", "--align").returncode == 2
+    both = cli(beats, "add", "q", "--task", "beatapp.record", "--every", "10s", "--queue", "q2", "--options", '{"queue": "reports"}')
+    assert both.returncode == 2 and both.stderr.strip() == ("error: --queue 'q2' and --options 'queue': 'reports' disagree; "
+                                                           "give it once"), both.stderr  # was: q2 kept, silently
 
 
 def test_edit_changes_one_field_and_keeps_the_rest_and_the_next_tick(beats: BeatGroup) -> None:
@@ -116,6 +122,18 @@ def test_an_entry_from_a_beat_schedule_is_not_changed_or_removed_silently(beats:
     else:
         raise AssertionError("the API changed a beat_schedule entry without force")
     assert api.upsert("static", "beatapp.record", every(7), force=True) == "updated"
+    # import: found by the issue-14 check, it changed a beat_schedule entry silently ("updated", exit 0)
+    exported = json.loads(cli(beats, "export").stdout)
+    for item in exported["entries"]:
+        item["definition"]["kwargs"] = {"kind": "imported"}
+    text = json.dumps(exported)
+    for extra in ([], ["--dry-run"]):
+        refused = cli(beats, "import", "-", *extra, stdin=text)
+        assert refused.returncode == 2 and "'static' come from a beat_schedule" in refused.stderr and "--force" in refused.stderr, refused.stderr
+        assert "nothing was written" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert ok(cli(beats, "show", "static", "--json"))["kwargs"] == {}
+    assert ok(cli(beats, "import", "-", "--force", "--json", stdin=text))["results"] == {"static": "updated"}
+    assert ok(cli(beats, "show", "static", "--json"))["kwargs"] == {"kind": "imported"}
     assert api.remove("ghost") is False and api.get("ghost") is None and api.history("ghost") == []  # the one rule
 
 

@@ -6,6 +6,8 @@ on `Schedules` exists with the keywords it passes. Settings have their own test
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import importlib
 import inspect
 import re
@@ -13,9 +15,11 @@ import re
 import click
 import pytest
 
+import redbeat_safe
 from harness import ROOT
 from redbeat_safe import Schedules
 from redbeat_safe.cli import schedules
+from redbeat_safe.views import Dispatch, Entry, Instance
 
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 #: What Celery's own `celery` command takes before the subcommand.
@@ -46,8 +50,8 @@ def test_every_subcommand_and_option_a_page_names_exists() -> None:
     wrong, checked = [], 0
     for page in PAGES:
         for snippet in _code(page.read_text()):
-            if not re.search(r"\bcelery\b.*\bschedules ", snippet):
-                continue  # a command line is `celery ... schedules SUB ...`
+            if not re.search(r"\bcelery\b.*\bschedules ", snippet) and not re.match(r"\s*schedules [a-z]", snippet):
+                continue  # a command line is `celery ... schedules SUB ...`, or `schedules SUB ...` in prose
             for sub, rest in _USE.findall(snippet):
                 checked += 1
                 if sub not in COMMANDS:
@@ -108,7 +112,7 @@ def test_every_python_name_a_page_uses_resolves() -> None:
     assert missing == [], missing
 
 
-@pytest.mark.parametrize("page", ["operating.md", "README.md", "time.md", "migrating-from-redbeat.md", "monitoring.md"])
+@pytest.mark.parametrize("page", [p.name for p in PAGES])
 def test_every_schedules_method_a_page_calls_exists_with_its_keywords(page: str) -> None:
     path = ROOT / ("README.md" if page == "README.md" else f"docs/{page}")
     text = "\n".join(_code(path.read_text()))
@@ -120,3 +124,47 @@ def test_every_schedules_method_a_page_calls_exists_with_its_keywords(page: str)
         params = inspect.signature(fn).parameters
         for keyword in re.findall(r"\b([a-z_]+)=", args):
             assert keyword in params, (page, method, keyword)
+    for method in re.findall(r"\bSchedules\.([a-z_]+)", path.read_text()):  # `Schedules.trigger` in prose too
+        assert callable(getattr(Schedules, method, None)), (page, f"Schedules.{method}")
+
+
+#: What an operator reads off these objects; a page naming another attribute names nothing.
+_RECORDS = {"Entry": Entry, "Dispatch": Dispatch, "Instance": Instance}
+
+
+def test_every_attribute_a_page_reads_off_an_entry_exists() -> None:
+    wrong = []
+    for page in PAGES:
+        text = page.read_text()
+        for cls, attr in re.findall(r"\b(Entry|Dispatch|Instance)\.([a-z_]+)\b", text):
+            if not hasattr(_RECORDS[cls], attr) and attr not in {f.name for f in dataclasses.fields(_RECORDS[cls])}:
+                wrong.append((page.name, f"{cls}.{attr}"))
+        for snippet in _code(text):  # s.get(name).next_tick
+            for attr in re.findall(r"\bs\.get\([^()]*\)\.([a-z_]+)\b", snippet):
+                if not hasattr(Entry, attr) and attr not in {f.name for f in dataclasses.fields(Entry)}:
+                    wrong.append((page.name, snippet, attr))
+    assert wrong == [], wrong
+
+
+#: Class and exception names the pages mention that are not ours: Celery's, kombu's,
+#: redis-py's, Kubernetes' and systemd's words, the alert names of the documented rules.
+FOREIGN = {
+    "ClusterCollector", "ClusterError", "CronJob", "DispatcherMiddleware", "ExecStart", "ExponentialWithJitterBackoff",
+    "HttpOnly", "ImproperlyConfigured", "KillSignal", "PersistentScheduler", "PodDisruptionBudget", "RedBeatScheduler",
+    "RedBeatSchedulerEntry", "RedisCluster", "RedisError", "RestartSec", "RollingUpdate", "SameSite", "ScheduleAnyway",
+    "TimeoutStopSec", "TryAgainError", "WantedBy", "WorkingDirectory", "ZoneInfo",
+}
+
+
+def test_every_class_or_exception_name_a_page_uses_exists() -> None:
+    """A name spelt like a class (`EntryNotFound`) in a command, a snippet or a code
+    span is one of redbeat_safe's public names, a builtin, or a known foreign one."""
+    ours = set(redbeat_safe.__all__)
+    wrong = []
+    for page in PAGES:
+        for snippet in _code(page.read_text()):
+            for name in re.findall(r"\b([A-Z][a-z0-9]+(?:[A-Z][A-Za-z0-9]*)+)\b", snippet):
+                if name in ours or hasattr(builtins, name) or name in FOREIGN or name.startswith("RedbeatSafe"):
+                    continue
+                wrong.append((page.name, name))
+    assert sorted(set(wrong)) == [], sorted(set(wrong))

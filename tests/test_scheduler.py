@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from celery.exceptions import ImproperlyConfigured
 
 from conftest import BeatGroup, make_app
 from harness import RedisServer, free_port, wait_for
 from redbeat_safe import Scheduler, every
+from redbeat_safe.scheduler import BeatRefused
 from redbeat_safe.store import Keys
 
 
@@ -31,13 +31,13 @@ def test_the_banner_instance_does_no_io_and_close_is_idempotent(prefix: str) -> 
 def test_settings_errors_are_clear() -> None:
     app = Celery("bad", set_as_current=False)
     app.conf.update(broker_url="amqp://guest@localhost//")
-    with pytest.raises(ImproperlyConfigured, match="set redbeat_safe_redis_url"):
+    with pytest.raises(BeatRefused, match="set redbeat_safe_redis_url"):
         Scheduler(app=app, lazy=True)
     app.conf.update(redbeat_safe_redis_url="redis://x", redbeat_safe_catchup="sometimes")
-    with pytest.raises(ImproperlyConfigured, match="redbeat_safe_catchup must be one of"):
+    with pytest.raises(BeatRefused, match="redbeat_safe_catchup must be one of"):
         Scheduler(app=app, lazy=True)
     app.conf.update(redbeat_safe_catchup="skip", redbeat_safe_lease=0)
-    with pytest.raises(ImproperlyConfigured, match="redbeat_safe_lease must be a positive number"):
+    with pytest.raises(BeatRefused, match="redbeat_safe_lease must be a positive number"):
         Scheduler(app=app, lazy=True)
     app.conf.update(redbeat_safe_lease=5, beat_cron_starting_deadline=0)  # 0: never run a pattern tick late
     assert Scheduler(app=app, lazy=True).settings.starting_deadline_ms == 0
@@ -53,7 +53,7 @@ def test_an_invalid_beat_schedule_is_refused_naming_every_bad_entry_and_writes_n
         "bad-key": {"task": "t", "schedule": 5, "enabled": False},
         "bad-zone": {"task": "t", "schedule": every(5, end=None), "options": {"queue": 3}},
     }
-    with pytest.raises(ImproperlyConfigured) as info:
+    with pytest.raises(BeatRefused) as info:
         Scheduler(app=app)
     text = str(info.value)
     assert "nothing was written" in text

@@ -33,7 +33,8 @@ from redbeat_safe.connection import parse, redact, refusal
 BEAT_COMMANDS = (
     "+evalsha +script|load +ping +hmget +del +get +set "
     "+time +hget +hset +hdel +hexists +hsetnx +hincrby +zadd +zrem +zscore +zrange +zrangebyscore +zcount "
-    "+sadd +srem +smembers +sismember +lpush +ltrim +pexpire"
+    "+sadd +srem +smembers +sismember +lpush +ltrim +pexpire "
+    "+xadd +xread +xrevrange"
 )
 #: An operator (`celery schedules ...`) also reads whole hashes, their names and histories.
 OPERATOR_COMMANDS = BEAT_COMMANDS + " +hgetall +hkeys +lrange +zmscore +lindex"

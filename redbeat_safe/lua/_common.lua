@@ -111,6 +111,29 @@ local function push_history(key, record, keep)
   redis.call('LTRIM', key, 0, keep - 1)
 end
 
+-- Wake the sleeping beats: something may now be due sooner than they planned
+-- (an entry created, changed or resumed; a tick handed back at shutdown). The
+-- key is a stream: each beat waits with XREAD for an id after the last one its
+-- peek read, so a wake-up written while it was between calls, or reconnecting,
+-- is still there when it asks (pub/sub would have lost it). Trimmed to the
+-- latest 32. A wake key damaged by hand is replaced, and if even that is refused
+-- (an ACL without XADD) the change goes on: beats then see it within their loop
+-- interval, as without wake-ups.
+local function wake(key)
+  local r = redis.pcall('XADD', key, 'MAXLEN', '32', '*', 'w', '1')
+  if type(r) == 'table' and r.err then
+    redis.pcall('DEL', key)
+    redis.pcall('XADD', key, 'MAXLEN', '32', '*', 'w', '1')
+  end
+end
+
+-- The id of the latest wake-up ('' when there is none, or the key is damaged).
+local function last_wake(key)
+  local r = redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if type(r) == 'table' and not r.err and r[1] then return r[1][1] end
+  return ''
+end
+
 -- Add n to a counter of the metrics' totals. A counter damaged by hand (not an
 -- integer, or the key not a hash) starts again from n: a count must never abort
 -- the acknowledgement or the claim it belongs to.

@@ -1,13 +1,18 @@
 -- One read per beat loop: acknowledge what was published, heartbeat, re-lease
 -- expired in-flight ticks to this instance (the reaper), and list due entries.
 -- KEYS: reply, due, state, inflight, flight, holder, instances, meta, instinfo,
---       inststats, counters, seen, then one history key per acknowledgement
+--       inststats, counters, seen, wake, then one history key per acknowledgement
 -- ARGV: reply ttl ms, instance id, heartbeat ttl ms, lease ms, max due, max reaped,
 --       split window ms (see below), history length,
 --       ack count n, then n {member, task id, kind} triples
 -- Returns: {now, epoch, dead instances?, registered?, next future tick, next lease deadline,
 --           #due, name, score, version (-1: unreadable), runs, definition hash or what is wrong, ...,
---           #reaped, member, definition (false if missing), ..., entries due in all}
+--           #reaped, member, definition (false if missing), ..., entries due in all,
+--           the latest wake-up id ('' for none)}
+--
+-- The wake-up id is read in the same step as the due list: a beat that then
+-- waits for a wake-up after it (store.py) cannot miss a change made after this
+-- read, and one made before it is already in the due list and next tick.
 --
 -- Splitting a burst: the instances that did their part within the split window
 -- (`seen`: a peek that found its part empty, or a claim, writes it) are ranked
@@ -34,7 +39,7 @@ local instance, lease, max_due, max_reap = ARGV[2], tonumber(ARGV[4]), tonumber(
 local reaped = replay()
 if not reaped then
   local acks = tonumber(ARGV[9])
-  ack_all({inflight = 4, flight = 5, holder = 6, stats = 10, instances = 7, state = 3, counters = 11}, instance, now, 10, acks, 13,
+  ack_all({inflight = 4, flight = 5, holder = 6, stats = 10, instances = 7, state = 3, counters = 11}, instance, now, 10, acks, 14,
           tonumber(ARGV[8]))
   reaped = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, max_reap)
   for i = 1, #reaped do
@@ -109,4 +114,5 @@ for i = 1, #reaped do
   out[#out + 1] = redis.call('HGET', KEYS[5], reaped[i])
 end
 out[#out + 1] = count
+out[#out + 1] = last_wake(KEYS[13])
 return out

@@ -1,5 +1,5 @@
 -- Create or change entries, each as a compare-and-set on its definition version.
--- KEYS: reply, due, defs, state, static, aside
+-- KEYS: reply, due, defs, state, static, aside, wake
 -- ARGV: reply ttl ms, count, then per entry 10 values:
 --   name, expected version ('-' = must not exist, '!' = its state is not a
 --   valid record), definition JSON, definition hash, schedule hash, source
@@ -11,13 +11,16 @@
 -- 'invalid' (the next tick given is not a tick; nothing written).
 --
 -- A write also repairs: it replaces a damaged state or definition, a next tick
--- that is not whole ms, and clears the entry's set-aside reason.
+-- that is not whole ms, and clears the entry's set-aside reason. A write that
+-- gives an entry a next tick wakes the sleeping beats (`wake` in _common.lua),
+-- once per call: they look again at once instead of at their next loop.
 -- Run twice (a lost reply), the second run returns the first run's statuses
 -- (a plain re-run would answer 'conflict' for what the first run wrote).
 local r = replay()
 if r then return r end
 local now = now_ms()
 local out = {}
+local woken = false
 local n = tonumber(ARGV[2])
 for i = 0, n - 1 do
   local b = 3 + i * 10
@@ -73,6 +76,7 @@ for i = 0, n - 1 do
       if target ~= nil and enabled then
         redis.call('ZADD', KEYS[2], target, name)
         st.hold = -1
+        woken = true
       else
         redis.call('ZREM', KEYS[2], name)
         st.hold = target or -1
@@ -85,4 +89,5 @@ for i = 0, n - 1 do
   end
   out[#out + 1] = ok and 'ok' or (invalid and 'invalid' or 'conflict')
 end
+if woken then wake(KEYS[7]) end
 return remember(out)
