@@ -78,10 +78,23 @@ class Proc:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
+def _other_code() -> str | None:
+    """A folder holding only BENCH_CODE's redbeat_safe package (not its bench/ or tests/)."""
+    code = os.environ.get("BENCH_CODE")
+    if not code:
+        return None
+    shim = Path(code).resolve() / ".bench-code"
+    shim.mkdir(exist_ok=True)
+    link = shim / "redbeat_safe"
+    if not link.exists():
+        link.symlink_to(Path(code).resolve() / "redbeat_safe")
+    return str(shim)
+
+
 def _env(servers: Servers, extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     # BENCH_CODE: another checkout whose redbeat_safe the beats run (a "before" row); bench/ stays this one
-    path = os.pathsep.join(p for p in (os.environ.get("BENCH_CODE"), str(ROOT)) if p)
+    path = os.pathsep.join(p for p in (_other_code(), str(ROOT)) if p)
     env.update({"BENCH_BROKER_URL": servers.broker.url, "BENCH_STORE_URL": servers.store.url, "PYTHONPATH": path})
     env.update(extra)
     return env
@@ -95,9 +108,9 @@ def start_beat(servers: Servers, workdir: Path, scheduler: str, name: str, env: 
     return Proc(popen, log)
 
 
-def start_ceiling(servers: Servers, workdir: Path, seconds: float) -> Proc:
+def start_ceiling(servers: Servers, workdir: Path, seconds: float, count: int | None = None) -> Proc:
     log = workdir / "ceiling.log"
-    cmd = [sys.executable, "-m", "bench.ceiling", str(seconds)]
+    cmd = [sys.executable, "-m", "bench.ceiling", *(["--count", str(count)] if count else [str(seconds)])]
     popen = subprocess.Popen(cmd, cwd=workdir, env=_env(servers, {}), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     return Proc(popen, log)
 

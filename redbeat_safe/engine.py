@@ -33,7 +33,9 @@ from .store import (
     LAYOUT,
     SPLIT_WINDOW_MS,
     Ack,
+    Claimed,
     ClaimItem,
+    Deferred,
     Due,
     Peek,
     RedisStore,
@@ -46,6 +48,9 @@ logger = logging.getLogger("redbeat_safe")
 
 #: Entries looked at per round trip; a full batch means "go again at once".
 BATCH = 200
+#: In a burst, after this many publishes the beat checks whether the next peek has
+#: answered, to plan the next batch and send its claim while this one goes out.
+PIPELINE_EVERY = 20
 REAP_BATCH = 100
 _CACHE_LIMIT = 100_000
 _NOT_CACHED: tuple[str, EntryDef | None] = ("", None)
@@ -54,6 +59,9 @@ _NOT_CACHED: tuple[str, EntryDef | None] = ("", None)
 NO_PROGRESS_SLEEP = 0.05
 #: A pass that did nothing sleeps at least this long, even for a tick due sooner.
 MIN_SLEEP = 0.001
+#: How late Redis may end a blocking wait (it checks their timeouts at its `hz`, 10/s by
+#: default): a sleep that must end at a tick waits on Redis until this long before it.
+TIMER_SLACK = 0.12
 #: The same problem with the same entry is logged again after this long.
 REPORT_EVERY = 300.0
 #: A beat heartbeats at every pass, and passes are at most one loop interval apart
@@ -108,6 +116,7 @@ class Look:
     peek: Peek
     read_at: float
     started: float
+    prepared: Pass | None = None  #: a pass already planned and claimed in a burst (see Engine._prefetch)
 
 
 @dataclass
@@ -118,6 +127,7 @@ class Pass:
     planned: list[tuple[ClaimItem, EntryDef | None]]
     lost: bool = False  #: our registration is gone; register again first
     read_at: float = 0.0  #: monotonic time at which peek.now was the server's time
+    claim: Deferred[tuple[int, list[Claimed], bool]] | None = None  #: the claim of ``planned``, already sent
 
 
 class Engine:
@@ -155,13 +165,16 @@ class Engine:
         self._stuck: dict[str, tuple[bytes, int]] = {}
         #: definitions whose JSON this version cannot read: (name, hash) -> why
         self._unreadable: dict[tuple[str, str], str] = {}
-        self._lease_start = 0.0
+        self._next: Deferred[Peek] | None = None  #: a burst's next peek, sent while publishing
+        self._ahead: Pass | None = None  #: a burst's next pass, planned and its claim sent, while publishing
         self._reap_at: float | None = 0.0  #: when a lease may next expire (monotonic): peek WAITs then
         self._unconfirmed_since: float | None = None
         #: whether the sleep between passes is a wait for wake-ups (see ``look``)
         self.wakeups = True
         self._wakeups_retry = 0.0
         self._wake_id = "0-0"  #: the latest wake-up the last peek read
+        #: whether the last pass's sleep ends at a tick or lease (kept to the ms) or at the loop interval
+        self.wake_precise = False
         self.wakeups_seen = 0  #: waits a wake-up ended early
         self.observer = Observer()
 
@@ -218,6 +231,10 @@ class Engine:
 
     def leave(self, store: RedisStore) -> None:
         """Flush acknowledgements, hand back the unpublished claims still held, deregister."""
+        try:
+            self.settle()  # a burst's claim sent ahead: its ticks are ours to hand back
+        except Exception as exc:  # noqa: BLE001 - unread, they come back to a reaper when their leases end
+            logger.warning("redbeat_safe: could not read the claims sent ahead (%s); they are re-published when their leases end", exc)
         store.ack(self._acks, self.instance_id)
         store.release(sorted(self._held()), self.instance_id)
         self._acks, self._unpublished = [], {}
@@ -255,37 +272,60 @@ class Engine:
         the wait (the wake key damaged, an ACL without XREAD), the beat says so once
         and sleeps its loop interval as it would without wake-ups, and tries again
         after REPORT_EVERY."""
+        if self._ahead is not None:  # a burst: the next pass was planned, and its claim sent, while publishing
+            ahead, self._ahead = self._ahead, None
+            return Look(ahead.peek, ahead.read_at, ahead.read_at, prepared=ahead)
+        if self._next is not None:  # a burst: the next peek was sent while publishing
+            sent, self._next = self._next, None
+            peek = sent.result()
+            self._after_peek(peek, None)
+            return Look(peek, time.monotonic(), sent.sent_at)
         store = self.store
         block_ms = 0
         woken: bool | None = None
         if wait > 0 and self.wakeups:
             deadline = time.monotonic() + wait
+            # Redis ends a blocking wait at its own event-loop ticks (`hz`, 10 a second by
+            # default), so a wait's timeout can come ~100 ms late. Where the sleep ends at a
+            # tick (not at the loop interval), the wait stops short and a local sleep keeps
+            # the time; a change still ends the wait at once, whatever hz is.
+            until = deadline - (TIMER_SLACK if self.wake_precise else 0.0)
             cap = store.block_cap_ms
             try:
-                while (deadline - time.monotonic()) * 1000 > cap:
-                    if store.wait_for_wake(self._wake_id, cap):
+                while (until - time.monotonic()) * 1000 > (cap if not self.wake_precise else 10):
+                    if store.wait_for_wake(self._wake_id, min(cap, int((until - time.monotonic()) * 1000))):
                         woken = True
                         break
             except WakeUnavailable as exc:
                 self._no_wakeups(str(exc))
-                time.sleep(max(0.0, deadline - time.monotonic()))
-            if self.wakeups and woken is None:
-                block_ms = int((deadline - time.monotonic()) * 1000)
+            if woken is None:
+                if self.wake_precise or not self.wakeups:
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                else:
+                    block_ms = int((deadline - time.monotonic()) * 1000)
         started = time.monotonic()
         # the peek runs when the wait ends: a lease that runs out by then is reaped with a WAIT
         reap_due = self._reap_at is not None and started + block_ms / 1000 >= self._reap_at
-        peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, self._acks, confirm=reap_due,
-                               split_ms=self.split_ms, block_ms=block_ms, wake_id=self._wake_id)
+        acks, self._acks = self._acks, []  # the peek acknowledges them; kept if it fails
+        try:
+            peek = self.store.peek(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, acks,
+                                   confirm=reap_due, split_ms=self.split_ms, block_ms=block_ms, wake_id=self._wake_id)
+        except BaseException:
+            self._acks = acks + self._acks
+            raise
         read_at = time.monotonic()
+        self._after_peek(peek, woken)
+        self.observer.redis("peek", read_at - started)
+        return Look(peek, read_at, started)
+
+    def _after_peek(self, peek: Peek, woken: bool | None) -> None:
         if peek.wake_error is not None:
             self._no_wakeups(peek.wake_error)
         elif peek.woken is not None:
             woken = peek.woken
         if woken:
             self.wakeups_seen += 1
-        self._wake_id = peek.wake_id or "0-0"
-        self.observer.redis("peek", read_at - started)
-        return Look(peek, read_at, started)
+        self._wake_id = peek.wake_id or self._wake_id
 
     def _no_wakeups(self, why: str) -> None:
         self.wakeups = False
@@ -295,16 +335,16 @@ class Engine:
 
     def plan_pass(self, look: Look) -> Pass:
         """What follows the peek: hand out the reaped ticks, register again if needed, plan."""
+        if look.prepared is not None:
+            return look.prepared
         peek, read_at, started = look.peek, look.read_at, look.started
         if not self.wakeups and time.monotonic() >= self._wakeups_retry:
             self.wakeups = True
-        self._acks = []
-        self._server_now = peek.now
+        self._server_now = max(self._server_now, peek.now)
         self._held()
         self._reap_at = None if peek.next_lease is None else time.monotonic() + (peek.next_lease - peek.now) / 1000 - 0.1
-        self._lease_start = started
-        # what the peek re-leased to us is ours to publish now, registered or not
-        self._reap(peek)
+        # what the peek re-leased to us is ours to publish now, registered or not (its lease began when it was sent)
+        self._reap(peek, started)
         if peek.epoch != self._epoch or not peek.registered:
             logger.warning("redbeat_safe: this instance's registration is gone (Redis restarted empty, or it was paused too long); registering again")
             self.registered = False
@@ -349,10 +389,14 @@ class Engine:
             wake.append(peek.now + self.split_ms)  # their part would be ours, should they die (a pass that won nothing)
         now, read_at = peek.now, p.read_at
         if p.planned:
-            self._lease_start = time.monotonic()
-            now, codes, confirmed = store.claim([it for it, _ in p.planned], self.settings.lease_ms, self.instance_id)
+            if p.claim is not None:  # sent while the previous batch was being published
+                lease_start = p.claim.sent_at
+                now, codes, confirmed = p.claim.result()
+            else:
+                lease_start = time.monotonic()
+                now, codes, confirmed = store.claim([it for it, _ in p.planned], self.settings.lease_ms, self.instance_id)
             read_at = time.monotonic()
-            self.observer.redis("claim", read_at - self._lease_start)
+            self.observer.redis("claim", read_at - lease_start)
             claimed = []
             for (it, entry), c in zip(p.planned, codes, strict=True):
                 if c.code == CLAIMED and entry is not None:
@@ -373,7 +417,11 @@ class Engine:
                     more = more or it.next <= now
                     wake.append(it.next)
             if self._confirmed(confirmed):
-                self._publish_claimed(claimed)
+                # alone on a burst: claim the next batch while this one goes out. Shared, the
+                # parts shift as everyone claims, and reading ahead would take others' parts
+                if more and claimed and peek.sharing == 1 and self.store.pipelining:
+                    self._prefetch()
+                self._publish_claimed(claimed, lease_start)
             else:  # held: the lease brings them back to a reaper, so do not track them
                 for it, _ in claimed:
                     for t in it.ticks:
@@ -382,6 +430,7 @@ class Engine:
             return 0.0
         if self._acks:
             self._ack()
+        self.wake_precise = False
         if raced:
             return NO_PROGRESS_SLEEP
         if not wake:
@@ -391,7 +440,9 @@ class Engine:
         # a pass that did nothing never asks to go again at once (a tick due in less
         # than the pass took is due by the time it wakes)
         floor = 0.0 if progress else MIN_SLEEP
-        return max(floor, min((min(wake) - now) / 1000.0 - elapsed, self.max_interval))
+        until = (min(wake) - now) / 1000.0 - elapsed
+        self.wake_precise = until < self.max_interval  # a tick or a lease ends this sleep, not the loop interval
+        return max(floor, min(until, self.max_interval))
 
     def _note_lost(self, it: ClaimItem) -> None:
         """A claim lost although the entry had not changed twice in a row means the two
@@ -402,7 +453,7 @@ class Engine:
         elif len(self._stuck) < _REPORT_LIMIT:
             self._stuck[it.name] = key
 
-    def _reap(self, peek: Peek) -> None:
+    def _reap(self, peek: Peek, lease_start: float) -> None:
         if peek.reaped and peek.confirmed is None:
             # reaped by a peek that did not WAIT (a lease ran out early): hand them
             # straight back, and the next peek reaps them again and WAITs
@@ -430,7 +481,7 @@ class Engine:
                 continue
             self._hold([r.member], peek.now)
             logger.warning("redbeat_safe: re-publishing %s, whose claim expired unacknowledged", self._tick(name, tick))
-            if not self._send(entry, name, tick, kind="r"):
+            if not self._send(entry, name, tick, lease_start, kind="r"):
                 return
 
     def _plan(self, peek: Peek) -> list[tuple[ClaimItem, EntryDef | None]]:
@@ -502,30 +553,71 @@ class Engine:
         logger.warning("redbeat_safe: entry %r missed %s tick(s) while no beat ran; policy %s published %d of them and dropped %s%s",
                        name, count, policy, p.kept, dropped, span)
 
-    def _publish_claimed(self, claimed: list[tuple[ClaimItem, EntryDef]]) -> None:
+    def _publish_claimed(self, claimed: list[tuple[ClaimItem, EntryDef]], lease_start: float) -> None:
+        sent = 0
         for it, entry in claimed:
             for t in it.ticks:
-                if not self._send(entry, it.name, t):
+                if not self._send(entry, it.name, t, lease_start):
                     return
+                sent += 1
+                if self._next is not None and sent % PIPELINE_EVERY == 0:
+                    self._advance()
 
-    def _lease_left(self) -> bool:
+    def _prefetch(self) -> None:
+        """A burst: before publishing this batch, send the next peek (it carries the
+        acknowledgements so far); ``_advance`` plans the next batch and sends its claim
+        as soon as that peek's answer is in, while this batch is still being published.
+        Redis runs both scripts on its own core meanwhile: the beat never waits for them."""
+        if self._next is not None or self._ahead is not None:
+            return
+        acks, self._acks = self._acks, []
+        reap_due = self._reap_at is not None and time.monotonic() >= self._reap_at
+        self._next = self.store.peek_begin(self.instance_id, self.heartbeat_ms, self.settings.lease_ms, BATCH, REAP_BATCH, acks,
+                                           confirm=reap_due, split_ms=self.split_ms)
+
+    def _advance(self) -> None:
+        nxt = self._next
+        if nxt is None or not nxt.ready():
+            return
+        self._next = None
+        peek = nxt.result()
+        self._after_peek(peek, None)
+        p = self.plan_pass(Look(peek, time.monotonic(), nxt.sent_at))
+        if p.planned and not p.lost:
+            p.claim = self.store.claim_begin([it for it, _ in p.planned], self.settings.lease_ms, self.instance_id)
+        self._ahead = p
+
+    def settle(self) -> None:
+        """Read what a burst sent ahead (a peek, a claim), so that what it leased to this
+        instance is known and can be handed back (a clean shutdown)."""
+        nxt, ahead, self._next, self._ahead = self._next, self._ahead, None, None
+        if nxt is not None:
+            peek = nxt.result()
+            self._hold([r.member for r in peek.reaped if r.parsed is not None], peek.now)
+        if ahead is not None and ahead.claim is not None:
+            now, codes, _ = ahead.claim.result()
+            for (it, entry), c in zip(ahead.planned, codes, strict=True):
+                if c.code == CLAIMED and entry is not None:
+                    self._hold([member(it.name, t) for t in it.ticks], now)
+
+    def _lease_left(self, lease_start: float) -> bool:
         """Whether the lease taken at the last claim or reap is still safely ours.
 
         An instance that was paused (SIGSTOP, a long GC, a frozen VM) past its
         lease must not publish: another instance may have reaped the tick
         already. The tick stays in flight and the reaper (maybe us) sends it.
         """
-        return time.monotonic() - self._lease_start < self.settings.lease_ms / 1000.0 * 0.8
+        return time.monotonic() - lease_start < self.settings.lease_ms / 1000.0 * 0.8
 
     def _tick(self, name: str, tick: int) -> str:
         """How a log line names one tick: entry, ms, ISO time and task id, so a line can
         be matched with the broker's and the worker's logs."""
         return f"{name} tick {tick} ({iso(tick)}, task id {task_id_for(self.settings.key_prefix, name, tick)})"
 
-    def _send(self, entry: EntryDef, name: str, tick: int, kind: str = "s") -> bool:
+    def _send(self, entry: EntryDef, name: str, tick: int, lease_start: float, kind: str = "s") -> bool:
         """Publish one tick; False (and leave it in flight for the reaper) on a transient failure."""
         m = member(name, tick)
-        if not self._lease_left():
+        if not self._lease_left(lease_start):
             logger.warning("redbeat_safe: the lease on %s ran out before it was published; leaving it to the reaper", self._tick(name, tick))
             return False
         task_id = task_id_for(self.settings.key_prefix, name, tick)

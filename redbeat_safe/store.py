@@ -25,10 +25,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.cluster import RedisCluster
 from redis.exceptions import MovedError, NoScriptError, ResponseError
@@ -286,6 +287,7 @@ class Peek:
     wake_id: str = ""  #: the latest wake-up, read with the due list: wait for one after it
     woken: bool | None = None  #: the wait before this peek ended with a wake-up (None: it did not wait)
     wake_error: str | None = None  #: waiting for wake-ups failed, for a reason waiting again will not fix
+    sharing: int = 1  #: instances the due list was split between (1: this one read it alone)
 
 
 class WakeUnavailable(Exception):
@@ -371,8 +373,148 @@ def _stored(name: str, row: Sequence[Any], full: bool) -> Stored:
     return Stored(name, state, problem, score or None, definition, stored_hash, aside)
 
 
+def _parse_peek(raw: Any, confirmed: bool | None, woken: bool | None, wake_error: str | None) -> Peek:
+    pos = 7
+    due = []
+    for _ in range(int(raw[6])):
+        due.append(Due(_s(raw[pos]), raw[pos + 1], int(raw[pos + 2]), int(raw[pos + 3]), _s(raw[pos + 4])))
+        pos += 5
+    reaped = []
+    for _ in range(int(raw[pos])):
+        reaped.append(Reaped(_s(raw[pos + 1]), raw[pos + 2] or None))
+        pos += 2
+    due_total = int(raw[pos + 1])
+    wake = raw[pos + 2] if len(raw) > pos + 2 else b""
+    sharing = int(raw[pos + 3]) if len(raw) > pos + 3 else 1
+    return Peek(
+        now=int(raw[0]),
+        epoch=_s(raw[1]),
+        instances_expired=bool(int(raw[2])),
+        registered=bool(int(raw[3])),
+        next_tick=_opt_int(raw[4]),
+        next_lease=_opt_int(raw[5]),
+        due=due,
+        reaped=reaped,
+        confirmed=confirmed,
+        due_total=due_total,
+        wake_id=_s(wake) if wake else "",
+        woken=woken,
+        wake_error=wake_error,
+        sharing=sharing,
+    )
+
+
+def _parse_claim(reply: tuple[Any, bool | None]) -> tuple[int, list[Claimed], bool]:
+    raw, confirmed = reply
+    codes = [Claimed(x) if isinstance(x, int) else Claimed(ASIDE, _s(x)) for x in raw[1:]]
+    return int(raw[0]), codes, bool(confirmed)
+
+
+T = TypeVar("T")
+
+
+class Deferred(Generic[T]):
+    """A call whose answer is read later: over its own connection (``Pending``), or made
+    synchronously when read (a store that does not pipeline, such as the tests' stores
+    that lose replies on purpose): either way ``result()`` is the same answer."""
+
+    def __init__(self, pending: Pending | None, call: Callable[[], tuple[Any, bool | None]],
+                 parse: Callable[[tuple[Any, bool | None]], T]) -> None:
+        self.sent_at = time.monotonic()
+        self._pending, self._call, self._parse = pending, call, parse
+        self._value: T | None = None
+        self._done = False
+
+    def ready(self) -> bool:
+        return self._pending is None or self._pending.ready()
+
+    def result(self) -> T:
+        if not self._done:
+            self._value = self._parse(self._pending.result() if self._pending is not None else self._call())
+            self._done = True
+        return self._value  # type: ignore[return-value]
+
+
+class Pending:
+    """One script call (with its WAIT) sent on a connection of its own, its reply read
+    later: what lets a beat publish one batch while Redis claims the next.
+
+    Reading it gives exactly what the same call made synchronously gives. A script
+    the server has forgotten (NOSCRIPT: nothing ran) and a connection lost before
+    the reply (the script may have run: its reply record answers a second run) are
+    both handled by making the same call again synchronously."""
+
+    def __init__(self, store: RedisStore, name: str, keys: Sequence[str], args: Sequence[Any], wait: bool) -> None:
+        self.store, self.name, self.keys, self.args, self.wait = store, name, keys, args, wait
+        self._conn: Any = None
+        self._pool: Any = None
+        self._answer: tuple[Any, bool | None] | None = None
+        waiting = bool(store.wait_replicas and wait)
+        try:
+            node = store._node()
+            self._pool = node.connection_pool
+            self._conn = self._pool.get_connection()
+            script = store._scripts[name]
+            commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(keys), *map(_b, keys), *map(_b, args))]
+            if waiting:
+                commands.append(("WAIT", store.wait_replicas, store.wait_timeout_ms))
+            self._conn.send_packed_command(self._conn.pack_commands(commands))
+        except Exception:  # noqa: BLE001 - could not send: the synchronous call at result() says what is wrong
+            self._drop()
+
+    def ready(self) -> bool:
+        """Whether the reply is here (reading it would not block)."""
+        if self._answer is not None or self._conn is None:
+            return True
+        try:
+            return bool(self._conn.can_read(timeout=0))
+        except Exception:  # noqa: BLE001
+            return True  # result() will find out
+
+    def result(self) -> tuple[Any, bool | None]:
+        if self._answer is None:
+            self._answer = self._read()
+        return self._answer
+
+    def _read(self) -> tuple[Any, bool | None]:
+        store = self.store
+        if self._conn is not None:
+            waiting = bool(store.wait_replicas and self.wait)
+            try:
+                raw = self._conn.read_response()
+                acked: Any = self._conn.read_response() if waiting else None
+            except NoScriptError:
+                if waiting:
+                    self._conn.read_response()
+                self._release()
+            except Exception:  # noqa: BLE001 - lost, or an error reply: the same call again, synchronously
+                self._drop()
+            else:
+                self._release()
+                if waiting:
+                    return raw, int(acked) >= store.wait_replicas
+                return raw, None if store.wait_replicas else True
+        return store._durable(self.name, self.keys, self.args, self.wait)
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._pool.release(self._conn)
+            self._conn = None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.disconnect()
+            finally:
+                self._pool.release(self._conn)
+                self._conn = None
+
+
 class RedisStore:
     """Typed access to one app's keys; no policy, no Celery."""
+
+    #: whether ``*_begin`` calls go out at once on a connection of their own (else they run when read)
+    pipelining = True
 
     def __init__(
         self, client: Client, prefix: str, wait_replicas: int = 0, wait_timeout_ms: int = 1000, *, test_clock_key: str | None = None
@@ -546,43 +688,30 @@ class RedisStore:
         in the same round trip: the server runs the peek the moment the wait ends,
         so an idle beat costs one round trip per loop, and a change is seen at once.
         """
-        k = self.keys
-        keys = [self._reply_key(), k.due, k.state, k.inflight, k.flight, k.holder, k.instances, k.meta, k.instinfo, k.inststats,
-                k.counters, k.seen, k.wake, *self._history_keys(acks)]
-        args: list[Any] = [REPLY_TTL_MS, instance, heartbeat_ms, lease_ms, max_due, max_reap, split_ms, HISTORY_LENGTH,
-                           len(acks), *_flat(acks)]
+        keys, args = self._peek_call(instance, heartbeat_ms, lease_ms, max_due, max_reap, acks, split_ms)
         woken: bool | None = None
         wake_error: str | None = None
         if block_ms > 0:
             raw, confirmed, woken, wake_error = self._wait_and_peek(keys, args, confirm, block_ms, wake_id)
         else:
             raw, confirmed = self._durable("peek", keys, args, confirm)
-        pos = 7
-        due = []
-        for _ in range(int(raw[6])):
-            due.append(Due(_s(raw[pos]), raw[pos + 1], int(raw[pos + 2]), int(raw[pos + 3]), _s(raw[pos + 4])))
-            pos += 5
-        reaped = []
-        for _ in range(int(raw[pos])):
-            reaped.append(Reaped(_s(raw[pos + 1]), raw[pos + 2] or None))
-            pos += 2
-        due_total = int(raw[pos + 1])
-        wake = raw[pos + 2] if len(raw) > pos + 2 else b""
-        return Peek(
-            now=int(raw[0]),
-            epoch=_s(raw[1]),
-            instances_expired=bool(int(raw[2])),
-            registered=bool(int(raw[3])),
-            next_tick=_opt_int(raw[4]),
-            next_lease=_opt_int(raw[5]),
-            due=due,
-            reaped=reaped,
-            confirmed=confirmed,
-            due_total=due_total,
-            wake_id=_s(wake) if wake else "",
-            woken=woken,
-            wake_error=wake_error,
-        )
+        return _parse_peek(raw, confirmed, woken, wake_error)
+
+    def peek_begin(self, instance: str, heartbeat_ms: int, lease_ms: int, max_due: int, max_reap: int, acks: Sequence[Ack] = (),
+                   confirm: bool = False, split_ms: int = SPLIT_WINDOW_MS) -> Deferred[Peek]:
+        """``peek``, sent now and read later (``Deferred.result``)."""
+        keys, args = self._peek_call(instance, heartbeat_ms, lease_ms, max_due, max_reap, acks, split_ms)
+        pending = Pending(self, "peek", keys, args, confirm) if self.pipelining else None
+        return Deferred(pending, lambda: self._durable("peek", keys, args, confirm), lambda r: _parse_peek(r[0], r[1], None, None))
+
+    def _peek_call(self, instance: str, heartbeat_ms: int, lease_ms: int, max_due: int, max_reap: int, acks: Sequence[Ack],
+                   split_ms: int) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        keys = [self._reply_key(), k.due, k.state, k.inflight, k.flight, k.holder, k.instances, k.meta, k.instinfo, k.inststats,
+                k.counters, k.seen, k.wake, *self._history_keys(acks)]
+        args: list[Any] = [REPLY_TTL_MS, instance, heartbeat_ms, lease_ms, max_due, max_reap, split_ms, HISTORY_LENGTH,
+                           len(acks), *_flat(acks)]
+        return keys, args
 
     def _wait_and_peek(self, keys: Sequence[str], args: Sequence[Any], confirm: bool, block_ms: int,
                        wake_id: str) -> tuple[Any, bool | None, bool | None, str | None]:
@@ -619,15 +748,23 @@ class RedisStore:
 
     def claim(self, items: Sequence[ClaimItem], lease_ms: int, instance: str = "") -> tuple[int, list[Claimed], bool]:
         """Server time, what became of each entry, and whether the claims reached wait_replicas replicas."""
+        keys, args = self._claim_call(items, lease_ms, instance)
+        return _parse_claim(self._durable("claim", keys, args))
+
+    def claim_begin(self, items: Sequence[ClaimItem], lease_ms: int, instance: str = "") -> Deferred[tuple[int, list[Claimed], bool]]:
+        """``claim``, sent now and read later (``Deferred.result``)."""
+        keys, args = self._claim_call(items, lease_ms, instance)
+        pending = Pending(self, "claim", keys, args, True) if self.pipelining else None
+        return Deferred(pending, lambda: self._durable("claim", keys, args), _parse_claim)
+
+    def _claim_call(self, items: Sequence[ClaimItem], lease_ms: int, instance: str) -> tuple[list[str], list[Any]]:
         k = self.keys
         args: list[Any] = [REPLY_TTL_MS, instance, lease_ms, len(items)]
         for it in items:
             mode = it.mode or ("" if it.next is None else str(it.next))
             args += [it.name, it.score, it.version, mode, it.reason, it.skipped, len(it.ticks), *it.ticks]
         keys = [self._reply_key(), k.due, k.state, k.defs, k.inflight, k.flight, k.holder, k.aside, k.counters, k.seen]
-        raw, confirmed = self._durable("claim", keys, args)
-        codes = [Claimed(x) if isinstance(x, int) else Claimed(ASIDE, _s(x)) for x in raw[1:]]
-        return int(raw[0]), codes, bool(confirmed)
+        return keys, args
 
     def ack(self, acks: Sequence[Ack], instance: str = "") -> None:
         """Forget published ticks and append them to their entries' histories."""

@@ -114,12 +114,12 @@ class TracedEngine(Engine):
     model: Model
     plan_now = 0  #: the server clock its latest plan was made at
 
-    def _publish_claimed(self, claimed: list[tuple[ClaimItem, EntryDef]]) -> None:
+    def _publish_claimed(self, claimed: list[tuple[ClaimItem, EntryDef]], lease_start: float) -> None:
         for it, entry in claimed:
             policy = entry.schedule.catchup or self.settings.catchup
             for t in it.ticks:
                 self.model.claims.append(Claim(entry.name, t, self.model.tick(), self.plan_now, policy, entry.schedule))
-        super()._publish_claimed(claimed)
+        super()._publish_claimed(claimed, lease_start)
 
 
 class Protocol(RuleBasedStateMachine):

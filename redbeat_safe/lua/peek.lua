@@ -8,7 +8,7 @@
 -- Returns: {now, epoch, dead instances?, registered?, next future tick, next lease deadline,
 --           #due, name, score, version (-1: unreadable), runs, definition hash or what is wrong, ...,
 --           #reaped, member, definition (false if missing), ..., entries due in all,
---           the latest wake-up id ('' for none)}
+--           the latest wake-up id ('' for none), how many instances share the due list}
 --
 -- The wake-up id is read in the same step as the due list: a beat that then
 -- waits for a wake-up after it (store.py) cannot miss a change made after this
@@ -64,7 +64,7 @@ local window = tonumber(ARGV[7])
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[12], '-inf', now - 3600000, 'LIMIT', 0, 10)) do
   redis.call('ZREM', KEYS[12], gone)  -- instances not seen for an hour: their ids never come back
 end
-local offset, take = 0, math.min(max_due, count)
+local offset, take, sharing = 0, math.min(max_due, count), 1
 if count > 0 then
   local live = redis.call('ZRANGEBYSCORE', KEYS[12], now - window, '+inf')
   local rank, n, found = 0, #live, false
@@ -78,6 +78,7 @@ if count > 0 then
       if live[i] < instance then rank = i end
     end
   end
+  sharing = n
   if n > 1 then
     local span = count
     local overdue = redis.call('ZCOUNT', KEYS[2], '-inf', now - window)
@@ -115,4 +116,5 @@ for i = 1, #reaped do
 end
 out[#out + 1] = count
 out[#out + 1] = last_wake(KEYS[13])
+out[#out + 1] = sharing
 return out
