@@ -211,9 +211,10 @@ def _refuse_static_changes(store: RedisStore, entries: list[EntryDef], sources: 
     would = _write(store, static, sources, restore, dry_run=True)
     changed = sorted(e.name for e in static if would.get(e.name) != "unchanged")
     if changed:
-        raise ImportRefused(f"{', '.join(map(repr, changed[:20]))}{' and more' if len(changed) > 20 else ''} come from a "
-                            "beat_schedule: the import would change them only until a beat next starts and registers its "
-                            "beat_schedule again; change the beat_schedule, or import with --force; nothing was written")
+        names = f"{', '.join(map(repr, changed[:20]))}{' and more' if len(changed) > 20 else ''}"
+        which = f"entry {names} comes" if len(changed) == 1 else f"entries {names} come"
+        raise ImportRefused(f"{which} from a beat_schedule: the import would change it only until a beat next starts and "
+                            "registers its beat_schedule again; change the beat_schedule, or import with --force; nothing was written")
 
 
 # -- celery-redbeat --------------------------------------------------------

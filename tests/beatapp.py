@@ -69,14 +69,14 @@ class CrashingEngine(Engine):
     A deterministic stand-in for "the host died between claim and publish".
     """
 
-    def _publish_claimed(self, claimed: Any) -> None:
+    def _publish_claimed(self, claimed: Any, lease_start: float) -> None:
         if any(it.ticks for it, _ in claimed):
             marker = env.get("BEAT_CRASH_MARKER")
             if marker:
                 with open(marker, "w") as fh:
                     json.dump([[it.name, it.ticks] for it, _ in claimed], fh)
             os.kill(os.getpid(), signal.SIGKILL)
-        super()._publish_claimed(claimed)
+        super()._publish_claimed(claimed, lease_start)
 
 
 class CrashingScheduler(Scheduler):

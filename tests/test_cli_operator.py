@@ -129,7 +129,7 @@ def test_an_entry_from_a_beat_schedule_is_not_changed_or_removed_silently(beats:
     text = json.dumps(exported)
     for extra in ([], ["--dry-run"]):
         refused = cli(beats, "import", "-", *extra, stdin=text)
-        assert refused.returncode == 2 and "'static' come from a beat_schedule" in refused.stderr and "--force" in refused.stderr, refused.stderr
+        assert refused.returncode == 2 and "entry 'static' comes from a beat_schedule" in refused.stderr and "--force" in refused.stderr, refused.stderr
         assert "nothing was written" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert ok(cli(beats, "show", "static", "--json"))["kwargs"] == {}
     assert ok(cli(beats, "import", "-", "--force", "--json", stdin=text))["results"] == {"static": "updated"}
