@@ -20,7 +20,7 @@ from .registry import EntryDamaged, EntryNotFound, StaticEntry
 from .schedules import ScheduleError, iso
 from .store import LAYOUT, RedisStore, State, split_member
 from .trigger import trigger
-from .views import Dispatch, Entry, Instance, entry_from_stored
+from .views import Dispatch, Entry, Explained, Instance, entry_from_stored, explain
 
 __all__ = ["Schedules", "EntryNotFound", "EntryDamaged", "StaticEntry", "Entry", "Dispatch", "Instance"]
 
@@ -129,7 +129,36 @@ class Schedules:
         False the ticks missed while paused follow the misfire policy.
         """
         entry, st = self._stored(name)
-        return registry.upsert(self.store, [entry], st.source, enabled=True, from_now=from_now)[name]
+        outcome = registry.upsert(self.store, [entry], st.source, enabled=True, from_now=from_now)[name]
+        if outcome == "resumed" and from_now and st.hold is not None:
+            self._note_paused(entry, st.hold)
+        return outcome
+
+    def _note_paused(self, entry: EntryDef, hold: int) -> None:
+        """The run ledger's record of the ticks a resumed entry missed while paused (for `why`).
+        Only a note: failing to write it changes nothing."""
+        try:
+            now = self.store.now()
+            sched = entry.schedule
+            nxt = sched.at_or_after(hold, now + 1)
+            last = sched.latest_ticks(hold, (nxt or now + 1) - 1, 1)
+            count = sched.count_ticks(hold, (nxt or now + 1) - 1, 1_000_000)
+            if count and last:
+                self.store.run_event(entry.name, hold, "", "skipped", "paused", count, last[-1])
+        except Exception:  # noqa: BLE001, S110 - a note for operators, never a reason to fail a resume
+            pass
+
+    def why(self, name: str, limit: int = 20) -> builtins.list[Explained]:
+        """What became of the latest ticks of ``name``, newest first, one line each:
+        published (by whom, how late), re-published, triggered, and what the workers
+        reported (succeeded, failed with what, expired, revoked), or skipped and why
+        (paused, coalesced, missed, overlap, replaced). Needs the run ledger in the
+        workers for outcomes (docs/runs.md); without it the publishing side is shown."""
+        check_stored_name(name)
+        entry = self.get(name)
+        if entry is None:
+            raise EntryNotFound(name)
+        return explain(entry, self.history(name, 100), self.store.runs(name, 100), limit)
 
     # -- dispatching ------------------------------------------------------
     def trigger(self, name: str, request_id: str | None = None) -> str:
@@ -162,8 +191,11 @@ class Schedules:
     def history(self, name: str, limit: int = 20) -> builtins.list[Dispatch]:
         """The latest dispatches of ``name``, newest first (at most 100 are kept)."""
         check_stored_name(name)
-        found = [Dispatch.from_record(r) for r in self.store.history(name, limit)]
-        return [d for d in found if d is not None]
+        found = [d for d in (Dispatch.from_record(r) for r in self.store.history(name, limit)) if d is not None]
+        if found:  # what the workers reported of each (the run ledger, when the workers keep one)
+            runs = dict(self.store.runs(name, 100))
+            found = [d.with_run(runs.get(d.tick_ms)) for d in found]
+        return found
 
     # -- beats --------------------------------------------------------------
     def instances(self) -> builtins.list[Instance]:

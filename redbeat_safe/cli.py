@@ -283,6 +283,11 @@ _DEFINITION_OPTIONS = [
     click.option("--end", help="ISO date-time after which it stops; edit: 'none' clears it."),
     click.option("--limit", type=click.IntRange(min=0), help="At most this many runs; edit: 0 clears it."),
     click.option("--catchup", type=click.Choice(["coalesce", "skip", "all"]), help="Missed-tick policy for this entry."),
+    click.option("--overlap", type=click.Choice(["allow", "skip", "buffer_one", "replace"]),
+                 help="While the previous run is queued or running (needs the run ledger in the workers; docs/runs.md)."),
+    click.option("--terminate/--no-terminate", default=None, help="--overlap replace: kill the running task, not only revoke it."),
+    click.option("--expires-after", help="A worker discards a tick this long after its nominal tick (30s, 5m); edit: 'none' clears it."),
+    click.option("--jitter", help="Publish each tick up to this much later, the same delay for the same tick (2s); edit: 0 clears it."),
     click.option("--force", is_flag=True, help="Change an entry that comes from a beat_schedule anyway (until a beat next starts)."),
 ]
 
@@ -304,7 +309,7 @@ def _edited(api: Schedules, current: Entry | None, c: dict[str, Any]) -> tuple[s
     if current is not None and current.schedule is None:
         raise Failure(2, f"{_shown(current.name)!r} is damaged; `add` it again with its whole definition")
     spec: dict[str, Any] = {} if current is None else dict(current.schedule.to_json())  # type: ignore[union-attr]
-    common = {k: spec.get(k) for k in ("start", "end", "limit", "catchup")}
+    common = {k: spec.get(k) for k in ("start", "end", "limit", "catchup", "overlap", "terminate", "expires_after_ms", "jitter_ms")}
     if c["interval"] is not None:  # an aligned interval stays aligned unless --no-align
         spec = {"kind": "every", "interval_ms": round(parse_interval(c["interval"]) * 1000),
                 **({"align": True} if spec.get("kind") == "every" and spec.get("align") else {})}
@@ -329,8 +334,19 @@ def _edited(api: Schedules, current: Entry | None, c: dict[str, Any]) -> tuple[s
         common["limit"] = c["limit"] or None
     if c["catchup"] is not None:
         common["catchup"] = c["catchup"]
+    if c["overlap"] is not None:
+        common["overlap"] = None if c["overlap"] == "allow" and current is not None else c["overlap"]
+        if common["overlap"] != "replace":
+            common["terminate"] = None
+    if c["terminate"] is not None:
+        common["terminate"] = c["terminate"] or None
+    if c["expires_after"] is not None:
+        cleared = c["expires_after"].lower() == "none" and current is not None
+        common["expires_after_ms"] = None if cleared else round(parse_interval(c["expires_after"]) * 1000)
+    if c["jitter"] is not None:
+        common["jitter_ms"] = round(parse_interval(c["jitter"]) * 1000) or None
     spec.update({k: v for k, v in common.items() if v is not None})
-    for key in ("start", "end", "limit", "catchup"):
+    for key in ("start", "end", "limit", "catchup", "overlap", "terminate", "expires_after_ms", "jitter_ms"):
         if common[key] is None:
             spec.pop(key, None)
     if spec.get("kind") == "pattern" and spec.get("tz") is None:
@@ -481,9 +497,37 @@ def history(ctx: click.Context, name: str, limit: int, show_tz: str | None, as_j
     zone = _shown_zone(e, show_tz, api.settings.timezone)
     rows = api.history(name, limit)
     table = [(_at(d.tick, zone, "milliseconds"), d.kind, d.task_id, d.instance,
-              f"{(_ms(d.published_at) or 0) - d.tick_ms:+d} ms") for d in rows]
+              f"{(_ms(d.published_at) or 0) - d.tick_ms:+d} ms", _run_outcome(d)) for d in rows]
     _emit(as_json, [d.as_dict() for d in rows],
-          lambda: _table(("TICK", "KIND", "TASK ID", "BY", "PUBLISHED"), table) if table else "no dispatches yet")
+          lambda: _table(("TICK", "KIND", "TASK ID", "BY", "PUBLISHED", "OUTCOME"), table) if table else "no dispatches yet")
+
+
+def _run_outcome(d: Any) -> str:
+    """OUTCOME in `history`: what the run ledger says (- without one)."""
+    if d.outcome is None:
+        return "-"
+    took = f" in {d.duration_ms / 1000:.2f}s" if d.duration_ms is not None else ""
+    return f"{d.outcome}{f' ({d.exception})' if d.exception else ''}{took}"
+
+
+@schedules.command()
+@click.argument("name")
+@click.option("-n", "limit", type=click.IntRange(1, 100), default=20, show_default=True, help="How many ticks.")
+@tz_option
+@json_option
+@click.pass_context
+@_handled
+def why(ctx: click.Context, name: str, limit: int, show_tz: str | None, as_json: bool) -> None:
+    """What became of each recent tick, in one line: published (by whom, how late),
+    re-published, triggered, the run's outcome, or skipped and why."""
+    api = _api(ctx)
+    e = api.get(name)
+    if e is None:
+        raise EntryNotFound(name)
+    zone = _shown_zone(e, show_tz, api.settings.timezone)
+    rows = api.why(name, limit)
+    _emit(as_json, [r.as_dict() for r in rows],
+          lambda: "\n".join(f"{_at(r.tick, zone, 'milliseconds')}  {_shown(r.detail)}" for r in rows) if rows else "no ticks yet")
 
 
 @schedules.command(name="next")

@@ -15,7 +15,7 @@ from celery.exceptions import ImproperlyConfigured
 from . import options as declared
 from .connection import Topology, parse, redact
 from .reports import hide_in_celery_reports
-from .schedules import CATCHUP_POLICIES, ScheduleError, zone_name
+from .schedules import CATCHUP_POLICIES, OVERLAP_POLICIES, ScheduleError, zone_name
 
 __all__ = ["Settings", "redact"]
 
@@ -51,6 +51,11 @@ class Settings:
     wait_timeout_ms: int = int(DEFAULT_WAIT_TIMEOUT * 1000)
     metrics_port: int | None = None  #: serve this beat's own metrics on this port (the ``metrics`` extra)
     metrics_address: str = DEFAULT_METRICS_ADDRESS
+    overlap: str = "allow"  #: overlap policy of entries that set none
+    expires_after: int | str | None = None  #: default per-tick expiry: ms, "interval", or none
+    run_lease_ms: int = 60_000  #: a running task's marker lasts this long without a worker's refresh
+    queue_lease_ms: int = 3_600_000  #: a published tick counts as queued this long before a worker reports it
+    run_retention_ms: int = 7 * 86_400_000  #: an entry's run ledger is kept this long after its last write
     #: What a beat logs at start (once): TLS that does not verify the server, a
     #: store in the broker's database. Settings are still accepted.
     warnings: tuple[str, ...] = ()
@@ -116,10 +121,27 @@ class Settings:
                                          or not 0 <= metrics_port <= 65535):
             raise ImproperlyConfigured(f"redbeat_safe_metrics_port must be a port number (0-65535; 0 picks a free one), "
                                        f"not {metrics_port!r}")
+        overlap = conf.get("redbeat_safe_overlap") or "allow"
+        if overlap not in OVERLAP_POLICIES:
+            raise ImproperlyConfigured(f"redbeat_safe_overlap must be one of {', '.join(OVERLAP_POLICIES)}, not {overlap!r}")
+        expiry = conf.get("redbeat_safe_expires_after")
+        expires_after: int | str | None = None
+        if expiry == "interval":
+            expires_after = "interval"
+        elif expiry is not None:
+            expires_after = int(_seconds(expiry, "redbeat_safe_expires_after") * 1000)
+        run_lease = _positive(conf.get("redbeat_safe_run_lease"), 60.0, "redbeat_safe_run_lease")
+        queue_lease = _positive(conf.get("redbeat_safe_queue_lease"), 3600.0, "redbeat_safe_queue_lease")
+        retention = _positive(conf.get("redbeat_safe_run_retention"), 7 * 86400.0, "redbeat_safe_run_retention")
         metrics_address = conf.get("redbeat_safe_metrics_address") or DEFAULT_METRICS_ADDRESS
         if not isinstance(metrics_address, str):
             raise ImproperlyConfigured(f"redbeat_safe_metrics_address must be a host or address string, not {metrics_address!r}")
         return cls(
+            overlap=overlap,
+            expires_after=expires_after,
+            run_lease_ms=max(1000, int(run_lease * 1000)),
+            queue_lease_ms=max(1000, int(queue_lease * 1000)),
+            run_retention_ms=max(1000, int(retention * 1000)),
             metrics_port=metrics_port,
             metrics_address=metrics_address,
             warnings=topology.warnings + ((shared,) if shared else ()),

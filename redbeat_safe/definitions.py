@@ -22,7 +22,11 @@ MAX_NAME_LENGTH = 200
 MAX_DEFINITION_BYTES = 256 * 1024
 #: Deeper than this is refused (and Python's JSON would hit its recursion limit anyway).
 MAX_DEPTH = 64
-BEAT_ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "relative"})
+#: The run options' keys in a stored schedule.
+RUN_OPTION_JSON = frozenset({"overlap", "terminate", "expires_after_ms", "jitter_ms"})
+#: Run options a beat_schedule item may give beside its schedule (see Schedule._run_options).
+RUN_OPTION_KEYS = ("overlap", "terminate", "expires_after", "jitter")
+BEAT_ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "relative", *RUN_OPTION_KEYS})
 
 _STR = (str,)
 _NUM = (int, float)
@@ -243,7 +247,10 @@ class EntryDef:
 
     @property
     def schedule_hash(self) -> str:
-        return hashlib.sha1(canonical_json(self.schedule.to_json()).encode("utf-8")).hexdigest()[:16]
+        """What decides when it fires: a change of it restarts the phase. The run options
+        (overlap, expiry, jitter) are not part of it: changing them keeps the next tick."""
+        spec = {k: v for k, v in self.schedule.to_json().items() if k not in RUN_OPTION_JSON}
+        return hashlib.sha1(canonical_json(spec).encode("utf-8")).hexdigest()[:16]
 
     @classmethod
     def from_json(cls, name: str, raw: Union[str, bytes]) -> EntryDef:
@@ -319,10 +326,17 @@ def from_beat_entry(name: Any, spec: Any, default_tz: Union[str, tzinfo]) -> Ent
         raise DefinitionError(f"entry {name!r}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(BEAT_ENTRY_KEYS))})")
     if "task" not in spec or "schedule" not in spec:
         raise DefinitionError(f"entry {name!r}: needs both 'task' and 'schedule'")
+    schedule = spec["schedule"]
+    beside = {k: spec[k] for k in RUN_OPTION_KEYS if spec.get(k) is not None}
+    if beside:
+        try:
+            schedule = from_celery(schedule, relative=bool(spec.get("relative", False))).with_run_options(**beside)
+        except ScheduleError as exc:
+            raise DefinitionError(f"entry {name!r}: {exc}") from None
     return build(
         name,
         spec["task"],
-        spec["schedule"],
+        schedule,
         spec.get("args", ()),
         spec.get("kwargs"),
         spec.get("options"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -32,13 +33,42 @@ def task_id_for(prefix: str, name: str, tick_ms: int) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
+def jitter_offset(prefix: str, name: str, tick_ms: int, jitter_ms: int) -> int:
+    """The delay in [0, jitter) a tick is published with: the same for the same (prefix,
+    entry, tick) on every beat, spread evenly across entries and ticks (from the task id's
+    hash, so two beats holding the same tick agree)."""
+    if jitter_ms <= 0:
+        return 0
+    digest = hashlib.sha1(f"jitter\x00{prefix}\x00{name}\x00{int(tick_ms)}".encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:8], "big") % jitter_ms
+
+
 def _reserved(header: Any) -> bool:
     return not isinstance(header, str) or header in RESERVED_HEADERS or header.startswith(RESERVED_HEADER_PREFIX)
 
 
-def message_options(entry: EntryDef, prefix: str, tick_ms: int, trigger: bool = False, instance: str | None = None) -> dict[str, Any]:
+def expiry_ms(entry: EntryDef, default: int | str | None = None) -> int | None:
+    """How long after its nominal tick a tick's message expires: the schedule's
+    ``expires_after``, else the ``redbeat_safe_expires_after`` default ("interval":
+    one interval of an ``every`` entry), else none. An entry that sets Celery's own
+    ``expires`` option (relative to the send) keeps it and takes no default."""
+    sched = entry.schedule
+    if sched.expires_after_ms is not None:
+        return sched.expires_after_ms
+    if default is None or "expires" in entry.options:
+        return None
+    if default == "interval":
+        return getattr(sched, "interval_ms", None)
+    return int(default)
+
+
+def message_options(entry: EntryDef, prefix: str, tick_ms: int, trigger: bool = False, instance: str | None = None,
+                    default_expiry: int | str | None = None) -> dict[str, Any]:
     """apply_async options: the entry's own, its headers merged with ours."""
     options = dict(entry.options)
+    after = None if trigger else expiry_ms(entry, default_expiry)
+    if after is not None:  # per tick: a worker discards it this long after the nominal tick, not after the send
+        options["expires"] = datetime.fromtimestamp((tick_ms + after) / 1000, tz=timezone.utc)
     # definitions with reserved headers are refused when written; dropping them here
     # too means no path can hand Celery a header that replaces its task or id
     headers = {k: v for k, v in (options.pop("headers", None) or {}).items() if not _reserved(k)}
@@ -71,10 +101,11 @@ def confirming(app: Celery) -> dict[str, Any]:
 
 
 def publish(
-    app: Celery, entry: EntryDef, prefix: str, tick_ms: int, producer: Any = None, trigger: bool = False, instance: str | None = None
+    app: Celery, entry: EntryDef, prefix: str, tick_ms: int, producer: Any = None, trigger: bool = False, instance: str | None = None,
+    default_expiry: int | str | None = None,
 ) -> str:
     """Send one tick the way Celery beat does (the registered task if any, else by name)."""
-    options = message_options(entry, prefix, tick_ms, trigger, instance)
+    options = message_options(entry, prefix, tick_ms, trigger, instance, default_expiry)
     task = app.tasks.get(entry.task)
     if task is not None:
         result = task.apply_async(list(entry.args), dict(entry.kwargs), producer=producer, **options)

@@ -9,6 +9,8 @@ callback, so the Celery adapter and the property tests drive the same code.
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import json
 import logging
 import os
@@ -24,7 +26,7 @@ from . import __version__, registry
 from .catchup import Plan, plan
 from .config import Settings
 from .definitions import DefinitionError, EntryDef
-from .dispatch import task_id_for
+from .dispatch import jitter_offset, task_id_for
 from .schedules import iso
 from .store import (
     ASIDE,
@@ -48,6 +50,10 @@ logger = logging.getLogger("redbeat_safe")
 
 #: Entries looked at per round trip; a full batch means "go again at once".
 BATCH = 200
+#: The overlap policies as the claim script names them ("" : allow).
+_OVERLAP = {"allow": "", "skip": "skip", "buffer_one": "buffer", "replace": "replace"}
+#: Why the misfire policy left ticks out, as the run ledger records it.
+_DROPPED = {"coalesce": "coalesced", "skip": "missed", "all": "missed"}
 #: In a burst, after this many publishes the beat checks whether the next peek has
 #: answered, to plan the next batch and send its claim while this one goes out.
 PIPELINE_EVERY = 20
@@ -165,6 +171,10 @@ class Engine:
         self._stuck: dict[str, tuple[bytes, int]] = {}
         #: definitions whose JSON this version cannot read: (name, hash) -> why
         self._unreadable: dict[tuple[str, str], str] = {}
+        #: ticks held back for their jitter: (when, monotonic; a sequence number; tick; entry name; entry; lease start; lease ms)
+        self._delayed: list[tuple[float, int, int, str, EntryDef, float, int]] = []
+        self._held_seq = 0
+        self._no_ledger: set[str] = set()  #: entries whose overlap policy was said to be not applied
         self._next: Deferred[Peek] | None = None  #: a burst's next peek, sent while publishing
         self._ahead: Pass | None = None  #: a burst's next pass, planned and its claim sent, while publishing
         self._reap_at: float | None = 0.0  #: when a lease may next expire (monotonic): peek WAITs then
@@ -177,6 +187,8 @@ class Engine:
         self.wake_precise = False
         self.wakeups_seen = 0  #: waits a wake-up ended early
         self.observer = Observer()
+        #: (task id, terminate) -> None: revokes a run that overlap='replace' replaces (the Celery adapter sets it)
+        self.revoke: Callable[[str, bool], None] | None = None
 
     @property
     def heartbeat_ms(self) -> int:
@@ -247,11 +259,49 @@ class Engine:
             del self._unpublished[m]
         return list(self._unpublished)
 
-    def _hold(self, members: Sequence[str], now: int) -> None:
+    def _hold(self, members: Sequence[str], now: int, lease_ms: int | None = None) -> None:
         """Note claims made (or re-leased) at server time ``now``, until they are published."""
         self._server_now = max(self._server_now, now)
         for m in members:
-            self._unpublished[m] = now + self.settings.lease_ms
+            self._unpublished[m] = now + (lease_ms or self.settings.lease_ms)
+
+    def _lease_for(self, planned: Sequence[tuple[ClaimItem, EntryDef | None]]) -> int:
+        """A batch's lease: longer by the largest jitter in it, so a tick held back for its
+        jitter is still this beat's when it goes out."""
+        return self.settings.lease_ms + max((e.schedule.jitter_ms for _, e in planned if e is not None), default=0)
+
+    def _jittered(self, claimed: list[tuple[ClaimItem, EntryDef]], now: int, read_at: float, lease_start: float,
+                  lease_ms: int) -> list[tuple[ClaimItem, EntryDef]]:
+        """Hold back the ticks whose jitter puts them after ``now`` (server ms, read at
+        ``read_at``); the rest go out now. A held one is published when its time comes
+        (``_publish_delayed``), with its nominal tick, task id and headers."""
+        out = []
+        for it, entry in claimed:
+            jitter = entry.schedule.jitter_ms
+            if not jitter:
+                out.append((it, entry))
+                continue
+            now_ticks = []
+            for t in it.ticks:
+                at = t + jitter_offset(self.settings.key_prefix, it.name, t, jitter)
+                if at <= now:
+                    now_ticks.append(t)
+                else:
+                    due = read_at + (at - now) / 1000
+                    self._held_seq += 1
+                    heapq.heappush(self._delayed, (due, self._held_seq, t, it.name, entry, lease_start, lease_ms))
+            if now_ticks:
+                out.append((dataclasses.replace(it, ticks=now_ticks), entry))
+        return out
+
+    def _publish_delayed(self) -> float | None:
+        """Publish the held-back ticks whose time has come; the monotonic time the next is due."""
+        while self._delayed and self._delayed[0][0] <= time.monotonic():
+            _, _, tick, name, entry, lease_start, lease_ms = heapq.heappop(self._delayed)
+            if member(name, tick) not in self._unpublished:
+                continue  # handed back (a clean stop), or its lease ran out: the reaper has it
+            self._send(entry, name, tick, lease_start, lease_ms=lease_ms)
+        return self._delayed[0][0] if self._delayed else None
 
     # -- the pass ----------------------------------------------------------
     def run_once(self) -> float:
@@ -379,6 +429,7 @@ class Engine:
                 self._ack()
             return 0.0
         peek, store = p.peek, self.store
+        self._publish_delayed()
         progress = bool(peek.reaped)
         # more is due than this peek returned (a full batch, or other instances' parts of a
         # burst, which shift as everyone claims): after progress, look again at once
@@ -394,12 +445,16 @@ class Engine:
                 now, codes, confirmed = p.claim.result()
             else:
                 lease_start = time.monotonic()
-                now, codes, confirmed = store.claim([it for it, _ in p.planned], self.settings.lease_ms, self.instance_id)
+                now, codes, confirmed = store.claim([it for it, _ in p.planned], self._lease_for(p.planned), self.instance_id)
             read_at = time.monotonic()
             self.observer.redis("claim", read_at - lease_start)
             claimed = []
             for (it, entry), c in zip(p.planned, codes, strict=True):
                 if c.code == CLAIMED and entry is not None:
+                    if c.ticks is not None:  # an overlap policy chose which of the planned ticks go out
+                        if c.revoke is not None:
+                            self._revoke(entry, *c.revoke)
+                        it = dataclasses.replace(it, ticks=c.ticks)
                     claimed.append((it, entry))
                     self._stuck.pop(it.name, None)
                     self._reported.pop(it.name, None)  # healthy again: its next problem is news
@@ -411,8 +466,9 @@ class Engine:
                     self._note_lost(it)
             progress = progress or bool(claimed)
             self.observer.claims(len(claimed), sum(1 for c in codes if c.code == CHANGED))
+            lease_ms = self._lease_for(p.planned)
             for it, _ in claimed:
-                self._hold([member(it.name, t) for t in it.ticks], now)
+                self._hold([member(it.name, t) for t in it.ticks], now, lease_ms)
                 if it.next is not None:
                     more = more or it.next <= now
                     wake.append(it.next)
@@ -421,26 +477,30 @@ class Engine:
                 # parts shift as everyone claims, and reading ahead would take others' parts
                 if more and claimed and peek.sharing == 1 and self.store.pipelining:
                     self._prefetch()
-                self._publish_claimed(claimed, lease_start)
+                self._publish_claimed(self._jittered(claimed, now, read_at, lease_start, lease_ms), lease_start)
             else:  # held: the lease brings them back to a reaper, so do not track them
                 for it, _ in claimed:
                     for t in it.ticks:
                         self._unpublished.pop(member(it.name, t), None)
         if progress and (more or raced):
             return 0.0
+        held = self._publish_delayed()  # what falls due now goes out before the acknowledgements
         if self._acks:
             self._ack()
         self.wake_precise = False
         if raced:
             return NO_PROGRESS_SLEEP
-        if not wake:
+        if not wake and not self._delayed:
             return self.max_interval
+        wake = wake or [now + int(self.max_interval * 1000)]
         # ``now`` was read before publishing: what that took comes off the sleep
         elapsed = time.monotonic() - read_at
         # a pass that did nothing never asks to go again at once (a tick due in less
         # than the pass took is due by the time it wakes)
         floor = 0.0 if progress else MIN_SLEEP
         until = (min(wake) - now) / 1000.0 - elapsed
+        if held is not None:  # a tick held back for its jitter goes out then
+            until = min(until, held - time.monotonic())
         self.wake_precise = until < self.max_interval  # a tick or a lease ends this sleep, not the loop interval
         return max(floor, min(until, self.max_interval))
 
@@ -539,7 +599,23 @@ class Engine:
                 continue
             if p.dropped or not p.counted_all:
                 self._log_dropped(d.name, policy, p)
-            items.append((ClaimItem(d.name, d.score, d.version, p.fire, p.next, skipped=p.dropped), entry))
+            item = ClaimItem(d.name, d.score, d.version, p.fire, p.next, skipped=p.dropped)
+            if p.dropped and p.dropped_from is not None:  # the run ledger says which ticks and why
+                item.skip_why, item.skip_from = _DROPPED.get(policy, "missed"), p.dropped_from
+                item.skip_to = p.dropped_to if p.dropped_to is not None else p.dropped_from
+            overlap = _OVERLAP.get(sched.overlap or s.overlap, "")
+            if overlap:
+                if peek.ledgers > 0:
+                    self._no_ledger.discard(d.name)
+                    item.overlap = overlap
+                    item.hold_ms = s.queue_lease_ms if sched.expires_after_ms is None else sched.expires_after_ms + s.run_lease_ms
+                elif d.name not in self._no_ledger and len(self._no_ledger) < _REPORT_LIMIT:
+                    # nothing would ever report a run: the policy would hold the entry for nothing
+                    self._no_ledger.add(d.name)
+                    logger.warning("redbeat_safe: entry %r: overlap=%s needs the run ledger in the workers (imports = "
+                                   "['redbeat_safe.runs']), and no worker keeps one: not applied until one does",
+                                   d.name, sched.overlap or s.overlap)
+            items.append((item, entry))
         return items
 
     @staticmethod
@@ -584,7 +660,7 @@ class Engine:
         self._after_peek(peek, None)
         p = self.plan_pass(Look(peek, time.monotonic(), nxt.sent_at))
         if p.planned and not p.lost:
-            p.claim = self.store.claim_begin([it for it, _ in p.planned], self.settings.lease_ms, self.instance_id)
+            p.claim = self.store.claim_begin([it for it, _ in p.planned], self._lease_for(p.planned), self.instance_id)
         self._ahead = p
 
     def settle(self) -> None:
@@ -598,26 +674,38 @@ class Engine:
             now, codes, _ = ahead.claim.result()
             for (it, entry), c in zip(ahead.planned, codes, strict=True):
                 if c.code == CLAIMED and entry is not None:
-                    self._hold([member(it.name, t) for t in it.ticks], now)
+                    self._hold([member(it.name, t) for t in (it.ticks if c.ticks is None else c.ticks)], now)
 
-    def _lease_left(self, lease_start: float) -> bool:
+    def _revoke(self, entry: EntryDef, tick: int, task_id: str) -> None:
+        """overlap='replace': the run of ``tick`` (queued or running) is revoked before the
+        new tick goes out; ``terminate`` kills a running one too. Never fatal: at worst the
+        old run finishes."""
+        task_id = task_id or task_id_for(self.settings.key_prefix, entry.name, tick)
+        try:
+            if self.revoke is not None:
+                self.revoke(task_id, entry.schedule.terminate)
+                logger.info("redbeat_safe: entry %r: revoked the run of %s to replace it", entry.name, self._tick(entry.name, tick))
+        except Exception as exc:  # noqa: BLE001 - the broker's control channel: the new tick is published regardless
+            self._report(entry.name, f"could not revoke {task_id} to replace it ({type(exc).__name__}: {exc})")
+
+    def _lease_left(self, lease_start: float, lease_ms: int | None = None) -> bool:
         """Whether the lease taken at the last claim or reap is still safely ours.
 
         An instance that was paused (SIGSTOP, a long GC, a frozen VM) past its
         lease must not publish: another instance may have reaped the tick
         already. The tick stays in flight and the reaper (maybe us) sends it.
         """
-        return time.monotonic() - lease_start < self.settings.lease_ms / 1000.0 * 0.8
+        return time.monotonic() - lease_start < (lease_ms or self.settings.lease_ms) / 1000.0 * 0.8
 
     def _tick(self, name: str, tick: int) -> str:
         """How a log line names one tick: entry, ms, ISO time and task id, so a line can
         be matched with the broker's and the worker's logs."""
         return f"{name} tick {tick} ({iso(tick)}, task id {task_id_for(self.settings.key_prefix, name, tick)})"
 
-    def _send(self, entry: EntryDef, name: str, tick: int, lease_start: float, kind: str = "s") -> bool:
+    def _send(self, entry: EntryDef, name: str, tick: int, lease_start: float, kind: str = "s", lease_ms: int | None = None) -> bool:
         """Publish one tick; False (and leave it in flight for the reaper) on a transient failure."""
         m = member(name, tick)
-        if not self._lease_left(lease_start):
+        if not self._lease_left(lease_start, lease_ms):
             logger.warning("redbeat_safe: the lease on %s ran out before it was published; leaving it to the reaper", self._tick(name, tick))
             return False
         task_id = task_id_for(self.settings.key_prefix, name, tick)

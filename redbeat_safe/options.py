@@ -37,6 +37,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("redbeat_safe_metrics_address", "str", "`\"127.0.0.1\"`", "The address the metrics port listens on."),
     Option("redbeat_safe_dashboard_token", "str", "none", "Enables the dashboard's pause, resume and trigger buttons."),
     Option("redbeat_safe_dashboard_show_args", "bool", "`False`", "Show entry arguments on the dashboard."),
+    Option("redbeat_safe_overlap", "str", "`allow`", "Overlap policy of entries that set none: allow, skip, buffer_one or replace."),
+    Option("redbeat_safe_expires_after", "expiry", "none", "Default per-tick expiry: seconds after the nominal tick, or "
+           "`\"interval\"` (one interval, `every` entries)."),
+    Option("redbeat_safe_run_lease", "seconds", "`60` (seconds)", "How long a running task counts as running without a "
+           "worker's refresh (run ledger)."),
+    Option("redbeat_safe_queue_lease", "seconds", "`3600` (seconds)", "How long a published tick counts as queued before a "
+           "worker reports it (overlap policies)."),
+    Option("redbeat_safe_run_retention", "seconds", "`604800` (7 days)", "How long an entry's run ledger is kept after its "
+           "last write."),
 )
 #: Celery's own settings that this scheduler reads, with the default it gives them
 #: where that differs from Celery's (the configuration reference lists them too).
@@ -72,12 +81,15 @@ def check_type(option: Option, value: object) -> str | None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif kind == "dict":
         ok = isinstance(value, dict)
+    elif kind == "expiry":
+        ok = value == "interval" or (isinstance(value, (int, float)) and not isinstance(value, bool))
     else:
         ok = True
     return None if ok else f"must be {_KINDS.get(kind, kind)}, not {value!r}"
 
 
-_KINDS = {"bool": "True or False", "str": "a string", "int": "a whole number", "seconds": "a number of seconds", "dict": "a dict"}
+_KINDS = {"bool": "True or False", "str": "a string", "int": "a whole number", "seconds": "a number of seconds", "dict": "a dict",
+          "expiry": 'a number of seconds or "interval"'}
 
 
 def setting_name(key: str, namespace: str | None) -> str | None:

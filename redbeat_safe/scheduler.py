@@ -186,6 +186,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._client = connect(self.settings.topology)
             store = self._make_store(self._client)
             engine = self.engine_class(store, self.settings, self._publish, float(self.max_interval), self.static_entries)
+            engine.revoke = self._revoke
             if self.settings.metrics_port is not None:
                 try:
                     engine.observer = self._beat_metrics(engine.instance_id)
@@ -211,7 +212,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _make_store(self, client: Client) -> RedisStore:
         s = self.settings
-        return RedisStore(client, s.key_prefix, wait_replicas=s.wait_replicas, wait_timeout_ms=s.wait_timeout_ms)
+        store = RedisStore(client, s.key_prefix, wait_replicas=s.wait_replicas, wait_timeout_ms=s.wait_timeout_ms)
+        store.run_retention_ms = s.run_retention_ms
+        return store
+
+    def _revoke(self, task_id: str, terminate: bool) -> None:
+        """overlap='replace': Celery's revoke, broadcast to the workers (terminate kills a running task)."""
+        self.app.control.revoke(task_id, terminate=terminate)
 
     @property
     def instance_id(self) -> str:
@@ -367,7 +374,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._unknown_tasks.add(entry.task)
             logger.warning("redbeat_safe: task %r (entry %r) is not registered in this beat's app; sending it by name", entry.task, name)
         try:
-            publish(self.app, entry, self.settings.key_prefix, tick, producer=self.producer, instance=self.engine.instance_id)
+            publish(self.app, entry, self.settings.key_prefix, tick, producer=self.producer, instance=self.engine.instance_id,
+                    default_expiry=self.settings.expires_after)
         except Exception as exc:
             raise PublishError(f"{type(exc).__name__}: {exc}", transient=self._transient(exc)) from exc
 

@@ -19,6 +19,28 @@ from . import cron
 UTC = timezone.utc
 CatchupPolicy = Literal["coalesce", "skip", "all"]
 CATCHUP_POLICIES: tuple[str, ...] = ("coalesce", "skip", "all")
+#: What to do with a tick that falls due while the entry's previous run is still queued
+#: or running (the run ledger, redbeat_safe.runs, reports runs; docs/runs.md).
+OVERLAP_POLICIES: tuple[str, ...] = ("allow", "skip", "buffer_one", "replace")
+#: Longest per-tick expiry and jitter: longer is surely a mistake of units.
+MAX_RUN_OPTION_MS = 366 * 86_400_000
+MAX_JITTER_MS = 3_600_000
+
+
+def _duration_ms(value: Any, what: str, allow_zero: bool = False) -> int:
+    """Seconds (a number) or a timedelta, as whole ms."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ScheduleError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ScheduleError(f"{what} must be a {'non-negative' if allow_zero else 'positive'} number of seconds, not {value!r}")
+    ms = int(round(seconds * 1000))
+    if ms > MAX_RUN_OPTION_MS:
+        raise ScheduleError(f"{what} is longer than a year")
+    return ms
 MIN_INTERVAL_MS = 10
 MAX_INTERVAL_MS = 1000 * 365 * 24 * 3600 * 1000  # a thousand years
 #: datetime cannot represent year 10000; a tick beyond it means "never".
@@ -97,8 +119,13 @@ class Schedule(BaseSchedule):  # type: ignore[misc]
         end: datetime | None = None,
         limit: int | None = None,
         catchup: str | None = None,
+        overlap: str | None = None,
+        terminate: bool = False,
+        expires_after: float | timedelta | None = None,
+        jitter: float | timedelta | None = None,
     ) -> None:
         BaseSchedule.__init__(self)
+        self._run_options(overlap, terminate, expires_after, jitter)
         self.start_ms = None if start is None else to_ms(start, "start")
         self.end_ms = None if end is None else to_ms(end, "end")
         if self.start_ms is not None and self.end_ms is not None and self.end_ms < self.start_ms:
@@ -109,6 +136,25 @@ class Schedule(BaseSchedule):  # type: ignore[misc]
         if catchup is not None and catchup not in CATCHUP_POLICIES:
             raise ScheduleError(f"catchup must be one of {', '.join(CATCHUP_POLICIES)} (got {catchup!r})")
         self.catchup = catchup
+
+    def _run_options(self, overlap: Any, terminate: Any, expires_after: Any, jitter: Any) -> None:
+        """What happens to a tick's run, beside when it falls due (docs/runs.md): ``overlap``
+        (None: the ``redbeat_safe_overlap`` setting), ``terminate`` (replace: kill the
+        running task, not only revoke it), ``expires_after`` (a worker discards the
+        tick's message this long after its nominal tick) and ``jitter`` (publish up to
+        this much later, the same delay for the same entry and tick)."""
+        if overlap is not None and overlap not in OVERLAP_POLICIES:
+            raise ScheduleError(f"overlap must be one of {', '.join(OVERLAP_POLICIES)} (got {overlap!r})")
+        if not isinstance(terminate, bool):
+            raise ScheduleError(f"terminate must be True or False, not {terminate!r}")
+        if terminate and overlap != "replace":
+            raise ScheduleError("terminate applies to overlap='replace' only")
+        self.overlap: str | None = overlap
+        self.terminate = terminate
+        self.expires_after_ms: int | None = None if expires_after is None else _duration_ms(expires_after, "expires_after")
+        self.jitter_ms = 0 if jitter is None else _duration_ms(jitter, "jitter", allow_zero=True)
+        if self.jitter_ms > MAX_JITTER_MS:
+            raise ScheduleError("jitter is longer than an hour")
 
     # -- arithmetic -----------------------------------------------------
     def _raw_next(self, after_ms: int) -> int:
@@ -212,10 +258,33 @@ class Schedule(BaseSchedule):  # type: ignore[misc]
     # -- serialisation --------------------------------------------------
     def _common_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key, value in (("start", self.start_ms), ("end", self.end_ms), ("limit", self.limit), ("catchup", self.catchup)):
+        for key, value in (("start", self.start_ms), ("end", self.end_ms), ("limit", self.limit), ("catchup", self.catchup),
+                           ("overlap", self.overlap), ("expires_after_ms", self.expires_after_ms)):
             if value is not None:
                 out[key] = value
+        if self.terminate:
+            out["terminate"] = True
+        if self.jitter_ms:
+            out["jitter_ms"] = self.jitter_ms
         return out
+
+    def with_run_options(self, **given: Any) -> Schedule:
+        """This schedule with run options given beside it (a ``beat_schedule`` item's
+        ``overlap``, ``expires_after``, ``jitter``, ``terminate`` keys); one set twice,
+        differently, is refused."""
+        spec = self.to_json()
+        mine = {"overlap": self.overlap, "terminate": self.terminate or None, "expires_after": self.expires_after_ms,
+                "jitter": self.jitter_ms or None}
+        for key, value in given.items():
+            if value is None:
+                continue
+            if mine.get(key) is not None:
+                raise ScheduleError(f"{key} is given both in the schedule and beside it")
+            if key in ("expires_after", "jitter"):
+                spec[f"{key}_ms"] = _duration_ms(value, key, allow_zero=key == "jitter")
+            else:
+                spec[key] = value
+        return Schedule.from_json(spec)
 
     def to_json(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -256,12 +325,17 @@ class Schedule(BaseSchedule):  # type: ignore[misc]
         start = None if data.get("start") is None else ms_to_datetime(data["start"])
         end = None if data.get("end") is None else ms_to_datetime(data["end"])
         limit, catchup = data.get("limit"), data.get("catchup")
+        run: dict[str, Any] = {"overlap": data.get("overlap"), "terminate": data.get("terminate", False),
+                               "expires_after": None if data.get("expires_after_ms") is None else data["expires_after_ms"] / 1000,
+                               "jitter": None if data.get("jitter_ms") is None else data["jitter_ms"] / 1000}
         if kind == "every":
             return every(
-                milliseconds=data["interval_ms"], align=bool(data.get("align", False)), start=start, end=end, limit=limit, catchup=catchup
+                milliseconds=data["interval_ms"], align=bool(data.get("align", False)), start=start, end=end, limit=limit, catchup=catchup,
+                **run,
             )
         if kind == "pattern":
-            return pattern(data["expr"], tz=data["tz"], day_and=bool(data.get("day_and", False)), start=start, end=end, limit=limit, catchup=catchup)
+            return pattern(data["expr"], tz=data["tz"], day_and=bool(data.get("day_and", False)), start=start, end=end, limit=limit,
+                           catchup=catchup, **run)
         raise ScheduleError(f"unknown schedule kind {kind!r}")
 
 
@@ -299,8 +373,13 @@ class every(Schedule):
         end: datetime | None = None,
         limit: int | None = None,
         catchup: str | None = None,
+        overlap: str | None = None,
+        terminate: bool = False,
+        expires_after: float | timedelta | None = None,
+        jitter: float | timedelta | None = None,
     ) -> None:
-        super().__init__(start=start, end=end, limit=limit, catchup=catchup)
+        super().__init__(start=start, end=end, limit=limit, catchup=catchup, overlap=overlap, terminate=terminate,
+                         expires_after=expires_after, jitter=jitter)
         try:
             total = self._total_ms(interval, seconds, minutes, hours, days, milliseconds)
         except OverflowError:  # an int too large for a float (10**400)
@@ -316,6 +395,8 @@ class every(Schedule):
             raise ScheduleError("the interval is longer than a thousand years")
         if not isinstance(align, bool):
             raise ScheduleError(f"align must be True or False, not {align!r}")
+        if self.jitter_ms >= rounded:
+            raise ScheduleError(f"jitter ({self.jitter_ms} ms) must be shorter than the interval ({rounded} ms): ticks would go out of order")
         self.interval_ms = rounded
         self.align = align
 
@@ -408,8 +489,13 @@ class pattern(Schedule):
         end: datetime | None = None,
         limit: int | None = None,
         catchup: str | None = None,
+        overlap: str | None = None,
+        terminate: bool = False,
+        expires_after: float | timedelta | None = None,
+        jitter: float | timedelta | None = None,
     ) -> None:
-        super().__init__(start=start, end=end, limit=limit, catchup=catchup)
+        super().__init__(start=start, end=end, limit=limit, catchup=catchup, overlap=overlap, terminate=terminate,
+                         expires_after=expires_after, jitter=jitter)
         if not isinstance(expr, str):
             raise ScheduleError(f"a pattern must be a string, not {type(expr).__name__}")
         self.day_and = bool(day_and)

@@ -48,7 +48,7 @@ LAYOUT = "1"
 #: within the misfire grace (lease + loop interval).
 SPLIT_WINDOW_MS = 5_000
 
-_SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune")
+_SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune", "run")
 #: Dispatches remembered per entry (its history list is trimmed to this).
 HISTORY_LENGTH = 100
 #: How long a script's answer is kept for a second run of the same call: far
@@ -102,6 +102,13 @@ class Keys:
         self.refusals = f"{tag}:refusals"  # hash, expiring: embedded beat id -> JSON (why it schedules nothing)
         self.seen = f"{tag}:seen"  # zset: instance id -> when it last did its part (peek found none, or a claim): who splits a burst
         self.wake = f"{tag}:wake"  # stream: one record per change that may make something due sooner (beats wait on it)
+        self.running = f"{tag}:running"  # hash: entry -> its run's marker (JSON: tick, state, id, deadline); overlap policies
+        self.runlease = f"{tag}:runlease"  # zset: entry -> its marker's deadline (ms), to find expired ones
+        self.buffered = f"{tag}:buffered"  # hash: entry -> "<tick>:<entry>|<hold ms>", the one tick buffer_one keeps
+        self.runstats = f"{tag}:runstats"  # hash: "<outcome>:<entry>" -> count (succeeded, failed, ..., skipped.<why>)
+        self.lastok = f"{tag}:lastok"  # hash: entry -> when its last run succeeded (ms)
+        self.ledgers = f"{tag}:ledgers"  # zset: worker process with the run ledger -> until when it is known alive (ms)
+        self._runs = f"{tag}:runs:"
         self._history = f"{tag}:history:"
         self._reply = f"{tag}:reply:"
         self._request = f"{tag}:request:"
@@ -109,6 +116,10 @@ class Keys:
     def history(self, name: str) -> str:
         """list: the entry's latest dispatches, newest first (JSON records)."""
         return self._history + name
+
+    def runs(self, name: str) -> str:
+        """zset: the entry's run ledger, score the tick, member its record (JSON)."""
+        return self._runs + name
 
     def reply(self, call_id: str) -> str:
         """string, expiring: one script call's answer, for a second run of the same call."""
@@ -288,6 +299,7 @@ class Peek:
     woken: bool | None = None  #: the wait before this peek ended with a wake-up (None: it did not wait)
     wake_error: str | None = None  #: waiting for wake-ups failed, for a reason waiting again will not fix
     sharing: int = 1  #: instances the due list was split between (1: this one read it alone)
+    ledgers: int = 0  #: worker processes that keep the run ledger (overlap policies need one)
 
 
 class WakeUnavailable(Exception):
@@ -309,6 +321,11 @@ class ClaimItem:
     mode: str = ""  #: "" a claim; "check": set it aside if damaged; "park": set it aside for ``reason``
     reason: str = ""
     skipped: int = 0  #: missed ticks the misfire policy leaves out (counted once the claim succeeds)
+    overlap: str = ""  #: "" (allow), "skip", "buffer" or "replace": decided in the claim on the running marker
+    hold_ms: int = 0  #: with an overlap policy: how long a published tick counts as queued
+    skip_why: str = ""  #: why ``skipped`` ticks were left out ("coalesced", "missed"): recorded in the run ledger
+    skip_from: int = 0
+    skip_to: int = 0
 
 
 @dataclass
@@ -317,6 +334,10 @@ class Claimed:
 
     code: int
     aside: str | None = None
+    #: under an overlap policy: the ticks to publish (None: every planned tick)
+    ticks: list[int] | None = None
+    #: under overlap "replace": the run to revoke first, (tick, task id or "" for the tick's own)
+    revoke: tuple[int, str] | None = None
 
 
 @dataclass
@@ -386,6 +407,7 @@ def _parse_peek(raw: Any, confirmed: bool | None, woken: bool | None, wake_error
     due_total = int(raw[pos + 1])
     wake = raw[pos + 2] if len(raw) > pos + 2 else b""
     sharing = int(raw[pos + 3]) if len(raw) > pos + 3 else 1
+    ledgers = int(raw[pos + 4]) if len(raw) > pos + 4 else 0
     return Peek(
         now=int(raw[0]),
         epoch=_s(raw[1]),
@@ -401,13 +423,22 @@ def _parse_peek(raw: Any, confirmed: bool | None, woken: bool | None, wake_error
         woken=woken,
         wake_error=wake_error,
         sharing=sharing,
+        ledgers=ledgers,
     )
+
+
+def _claimed(x: Any) -> Claimed:
+    if isinstance(x, int):
+        return Claimed(x)
+    if isinstance(x, list):  # {2, revoke tick, revoke id, tick, ...}: claimed under an overlap policy
+        revoke = None if int(x[1]) < 0 else (int(x[1]), _s(x[2]))
+        return Claimed(CLAIMED, ticks=[int(t) for t in x[3:]], revoke=revoke)
+    return Claimed(ASIDE, _s(x))
 
 
 def _parse_claim(reply: tuple[Any, bool | None]) -> tuple[int, list[Claimed], bool]:
     raw, confirmed = reply
-    codes = [Claimed(x) if isinstance(x, int) else Claimed(ASIDE, _s(x)) for x in raw[1:]]
-    return int(raw[0]), codes, bool(confirmed)
+    return int(raw[0]), [_claimed(x) for x in raw[1:]], bool(confirmed)
 
 
 T = TypeVar("T")
@@ -515,6 +546,8 @@ class RedisStore:
 
     #: whether ``*_begin`` calls go out at once on a connection of their own (else they run when read)
     pipelining = True
+    #: how long an entry's run ledger is kept after its last write (ms; the settings' redbeat_safe_run_retention)
+    run_retention_ms = 7 * 86_400_000
 
     def __init__(
         self, client: Client, prefix: str, wait_replicas: int = 0, wait_timeout_ms: int = 1000, *, test_clock_key: str | None = None
@@ -643,7 +676,8 @@ class RedisStore:
 
     def remove(self, names: Sequence[str]) -> int:
         k = self.keys
-        keys = [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside, *(k.history(n) for n in names)]
+        keys = [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside, k.running, k.runlease, k.buffered, k.flight,
+                *(key for n in names for key in (k.history(n), k.runs(n)))]
         return int(self._call("remove", keys, [REPLY_TTL_MS, *names]))
 
     def definitions(self, names: Sequence[str]) -> list[bytes | None]:
@@ -708,7 +742,7 @@ class RedisStore:
                    split_ms: int) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [self._reply_key(), k.due, k.state, k.inflight, k.flight, k.holder, k.instances, k.meta, k.instinfo, k.inststats,
-                k.counters, k.seen, k.wake, *self._history_keys(acks)]
+                k.counters, k.seen, k.wake, k.ledgers, k.running, k.runlease, k.buffered, *self._history_keys(acks)]
         args: list[Any] = [REPLY_TTL_MS, instance, heartbeat_ms, lease_ms, max_due, max_reap, split_ms, HISTORY_LENGTH,
                            len(acks), *_flat(acks)]
         return keys, args
@@ -743,6 +777,30 @@ class RedisStore:
             return raw, int(acked) >= self.wait_replicas, woken, wake_error
         return raw, None if self.wait_replicas else True, woken, wake_error
 
+    def run_event(self, entry: str, tick: int, task_id: str, event: str, worker: str, pid: int, lease_ms: int, exc: str = "") -> bool:
+        """One event of a run (the worker's ledger, run.lua): True if it was recorded."""
+        k = self.keys
+        keys = [k.runs(entry), k.running, k.runlease, k.buffered, k.inflight, k.holder, k.wake, k.runstats, k.lastok, k.state,
+                k.ledgers]
+        args = [entry, tick, task_id, event, worker, pid, lease_ms, exc, HISTORY_LENGTH, self.run_retention_ms]
+        return bool(self._call("run", keys, args))
+
+    def runs(self, name: str, limit: int = HISTORY_LENGTH) -> list[tuple[int, dict[str, Any]]]:
+        """The entry's run ledger, newest tick first: (tick, record)."""
+        try:
+            raw: list[Any] = self.client.zrevrange(self.keys.runs(name), 0, limit - 1, withscores=True)
+        except ResponseError:  # a key of another type (planted): no ledger to show
+            return []
+        out = []
+        for member, score in raw:
+            try:
+                rec = json.loads(member)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(rec, dict):
+                out.append((int(score), rec))
+        return out
+
     def _history_keys(self, acks: Sequence[Ack]) -> list[str]:
         return [self.keys.history(a.member.partition(":")[2]) for a in acks]
 
@@ -759,11 +817,13 @@ class RedisStore:
 
     def _claim_call(self, items: Sequence[ClaimItem], lease_ms: int, instance: str) -> tuple[list[str], list[Any]]:
         k = self.keys
-        args: list[Any] = [REPLY_TTL_MS, instance, lease_ms, len(items)]
+        args: list[Any] = [REPLY_TTL_MS, instance, lease_ms, len(items), HISTORY_LENGTH, self.run_retention_ms]
         for it in items:
             mode = it.mode or ("" if it.next is None else str(it.next))
-            args += [it.name, it.score, it.version, mode, it.reason, it.skipped, len(it.ticks), *it.ticks]
-        keys = [self._reply_key(), k.due, k.state, k.defs, k.inflight, k.flight, k.holder, k.aside, k.counters, k.seen]
+            args += [it.name, it.score, it.version, mode, it.reason, it.skipped, it.overlap, it.hold_ms, it.skip_why, it.skip_from,
+                     it.skip_to, len(it.ticks), *it.ticks]
+        keys = [self._reply_key(), k.due, k.state, k.defs, k.inflight, k.flight, k.holder, k.aside, k.counters, k.seen,
+                k.running, k.runlease, k.buffered, k.runstats, *(k.runs(it.name) for it in items)]
         return keys, args
 
     def ack(self, acks: Sequence[Ack], instance: str = "") -> None:
@@ -829,7 +889,7 @@ class RedisStore:
                 declared.update(str(n) for n in names)
             candidates = sorted({_s(n) for n in static} - declared)
         keys = [self._reply_key(), k.instances, k.instinfo, k.inststats, k.static, k.due, k.defs, k.state, k.aside, k.seen,
-                *(k.history(n) for n in candidates)]
+                k.running, k.runlease, k.buffered, k.flight, *(key for n in candidates for key in (k.history(n), k.runs(n)))]
         return [_s(n) for n in self._call("prune", keys, [REPLY_TTL_MS, leaving, *candidates])]
 
     def instances(self) -> tuple[int, list[tuple[str, int, bytes | None, int]]]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypeGuard
 
 from .definitions import DefinitionError, EntryDef
@@ -30,6 +31,10 @@ def printable(value: Any) -> str:
     """Text safe to encode as UTF-8: bytes from Redis that are not UTF-8 (kept as lone
     surrogates) shown escaped (``\\xff``), as the CLI shows them."""
     return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _ms(d: datetime) -> int:
+    return int(d.timestamp() * 1000)
 
 
 def _iso(d: datetime | None) -> str | None:
@@ -121,6 +126,21 @@ class Dispatch:
     instance: str
     published_at: datetime
     kind: str  #: scheduled, republished (by the reaper), triggered, refused (the task would not take it)
+    #: what the workers reported (the run ledger): received, started, succeeded, failed, retried, revoked,
+    #: expired; None when no worker reported it (no ledger in the workers, or still queued)
+    outcome: str | None = None
+    duration_ms: int | None = None  #: from the start to the end of the run
+    worker: str | None = None  #: "host:pid" of the worker process that ran it
+    exception: str | None = None  #: the exception type of a failed (or retried) run
+
+    def with_run(self, rec: dict[str, Any] | None) -> Dispatch:
+        """This dispatch with its run ledger record's outcome."""
+        if not isinstance(rec, dict) or not isinstance(rec.get("state"), str):
+            return self
+        ms = rec.get("ms")
+        return dataclasses.replace(self, outcome=rec["state"], duration_ms=ms if _whole(ms) else None,
+                                   worker=str(rec["worker"]) if rec.get("worker") else None,
+                                   exception=str(rec["exc"]) if rec.get("exc") else None)
 
     @classmethod
     def from_record(cls, raw: bytes) -> Dispatch | None:
@@ -147,7 +167,105 @@ class Dispatch:
             "instance": self.instance,
             "published_at": _iso(self.published_at),
             "kind": self.kind,
+            "outcome": self.outcome,
+            "duration_ms": self.duration_ms,
+            "worker": self.worker,
+            "exception": self.exception,
         }
+
+
+@dataclass
+class Explained:
+    """One tick of `why`: its time and what became of it, in a sentence."""
+
+    tick: datetime
+    tick_ms: int
+    what: str  #: published, republished, triggered, refused, skipped, buffered, finished
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tick": _iso(self.tick), "tick_ms": self.tick_ms, "what": self.what, "detail": self.detail}
+
+
+def _secs(ms: Any) -> str:
+    return f"{ms / 1000:.2f} s" if _whole(ms) else "?"
+
+
+def _outcome(rec: dict[str, Any] | None) -> str:
+    """What the workers said of a published tick, as a clause."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("state"), str):
+        return "no worker reported it (the run ledger is off in the workers, or it is still queued)"
+    state, on = rec["state"], f" on {rec['worker']}" if rec.get("worker") else ""
+    exc = f" ({rec['exc']})" if rec.get("exc") else ""
+    if state == "succeeded":
+        return f"succeeded in {_secs(rec.get('ms'))}{on}"
+    if state == "failed":
+        return f"failed{exc} after {_secs(rec.get('ms'))}{on}"
+    if state == "retried":
+        return f"failed{exc} and was retried ({rec.get('retries', 1)} so far){on}"
+    if state == "expired":
+        return "expired: no worker ran it before its expiry"
+    if state == "revoked":
+        return "revoked before it finished"
+    if state == "started":
+        return f"running{on} since {_iso(_dt(rec['started'])) if _whole(rec.get('started')) else '?'} (no end reported yet)"
+    if state == "received":
+        return f"received{on}, not started yet"
+    return str(state)
+
+
+_SKIPPED = {"overlap": "the entry's previous run was still queued or running (overlap=skip)",
+            "replaced": "a newer tick replaced it (overlap=replace)",
+            "coalesced": "missed while no beat ran; coalesced into one run",
+            "missed": "missed while no beat ran; the misfire policy left it out",
+            "paused": "the entry was paused"}
+
+
+def explain(entry: Entry, history: list[Dispatch], runs: list[tuple[int, dict[str, Any]]], limit: int) -> list[Explained]:
+    """The rows of `why`, newest first: each dispatch with its outcome, each skipped
+    tick with its reason, and a last word when the entry is finished."""
+    by_tick = dict(runs)
+    rows: list[Explained] = []
+    seen = set()
+    for d in history:
+        seen.add(d.tick_ms)
+        late = int((d.published_at - d.tick).total_seconds() * 1000)
+        what = {"scheduled": "published", "republished": "republished", "triggered": "triggered", "refused": "refused"}.get(d.kind, d.kind)
+        if what == "refused":
+            text = "not sent: the task refused its arguments"
+        else:
+            who = {"published": f"published by {d.instance}", "republished": f"re-published by the reaper ({d.instance}) after "
+                   "its claim's lease ran out", "triggered": f"triggered by {d.instance}"}.get(what, what)
+            text = f"{who}, +{late} ms; {_outcome(by_tick.get(d.tick_ms))}"
+        rows.append(Explained(d.tick, d.tick_ms, what, text))
+    for tick, rec in runs:
+        if tick in seen:
+            continue
+        state, reason = rec.get("state"), rec.get("reason")
+        when = _dt(tick)
+        if when is None:
+            continue
+        if state == "skipped":
+            count, to = rec.get("count"), rec.get("to")
+            span = f" ({count} ticks, to {_iso(_dt(to))})" if _whole(count) and count > 1 and _whole(to) else ""
+            rows.append(Explained(when, tick, "skipped", f"skipped: {_SKIPPED.get(str(reason), str(reason))}{span}"))
+        elif state == "queued" and reason == "buffered":
+            rows.append(Explained(when, tick, "buffered", "buffered: published when the run before it ends (overlap=buffer_one)"))
+        elif isinstance(state, str):  # a run with no history record (its acknowledgement was lost): the ledger alone
+            rows.append(Explained(when, tick, "published", f"published; {_outcome(rec)}"))
+    rows.sort(key=lambda r: r.tick_ms, reverse=True)
+    rows = rows[:limit]
+    if entry.finished and entry.schedule is not None:
+        s = entry.schedule
+        last = rows[0].tick if rows else (entry.last_tick or datetime.now(timezone.utc))
+        if s.limit is not None and entry.total_runs >= s.limit:
+            why = f"finished: its limit of {s.limit} runs is reached"
+        elif s.end_ms is not None:
+            why = f"finished: its end {_iso(_dt(s.end_ms))} has passed"
+        else:
+            why = "finished: no tick is left"
+        rows.insert(0, Explained(last, _ms(last), "finished", why))
+    return rows
 
 
 @dataclass

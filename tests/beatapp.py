@@ -35,6 +35,17 @@ app.conf.update(
     redbeat_safe_metrics_port=int(env["BEAT_METRICS_PORT"]) if env.get("BEAT_METRICS_PORT") else None,
 )
 app.conf.update(json.loads(env.get("BEAT_EXTRA_CONF", "{}")))  # any other setting, as a test gives it
+if env.get("BEAT_STAMP"):  # when each message left its publisher (wall clock ms), for the jitter test
+    from celery.signals import before_task_publish
+
+    @before_task_publish.connect(weak=False)
+    def _stamp(headers: dict[str, Any], **_: Any) -> None:
+        import time as _time
+
+        headers["test_pub_ms"] = _time.time() * 1000
+
+if env.get("BEAT_LEDGER"):  # the one line that turns the run ledger on in the workers
+    app.conf.imports = ["redbeat_safe.runs"]
 
 
 def _schedule(spec: dict[str, Any]) -> Any:
@@ -47,8 +58,13 @@ def _schedule(spec: dict[str, Any]) -> Any:
     raise ValueError(spec)
 
 
+def _run_options(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: spec[k] for k in ("overlap", "terminate", "expires_after", "jitter") if k in spec}
+
+
 app.conf.beat_schedule = {
-    name: {"task": spec.get("task", "beatapp.record"), "schedule": _schedule(spec), "args": spec.get("args", [])}
+    name: {"task": spec.get("task", "beatapp.record"), "schedule": _schedule(spec), "args": spec.get("args", []),
+           "kwargs": spec.get("kwargs", {}), **_run_options(spec)}
     for name, spec in json.loads(env.get("BEAT_SCHEDULE", "{}")).items()
 }
 
@@ -56,6 +72,33 @@ app.conf.beat_schedule = {
 @app.task(name="beatapp.record")
 def record(*args: Any, **kwargs: Any) -> None:
     """Never executed in these tests: the messages are read off the broker."""
+
+
+def _runs_log() -> Any:
+    import redis
+
+    return redis.Redis.from_url(env["BEAT_REDIS_URL"]), f"{{{env['BEAT_PREFIX']}}}:test:runs"
+
+
+@app.task(name="beatapp.sleepy", bind=True)
+def sleepy(self: Any, seconds: float = 1.0) -> None:
+    """Runs for ``seconds``, writing its own start and end (wall clock) to a Redis list:
+    what the overlap tests check the ledger against."""
+    import time as _time
+
+    client, key = _runs_log()
+    headers = self.request.headers or {}
+    entry = getattr(self.request, "redbeat_safe_entry", None) or headers.get("redbeat_safe_entry")
+    tick = getattr(self.request, "redbeat_safe_tick_ms", None) or headers.get("redbeat_safe_tick_ms")
+    record = {"entry": entry, "tick": tick, "id": self.request.id, "pid": os.getpid(), "start": _time.time()}
+    client.rpush(key, json.dumps({**record, "event": "start"}))
+    _time.sleep(seconds)
+    client.rpush(key, json.dumps({**record, "event": "end", "end": _time.time()}))
+
+
+@app.task(name="beatapp.boom")
+def boom() -> None:
+    raise ValueError("planted failure")
 
 
 @app.task(name="beatapp.strict")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from harness import ROOT, Beat, Broker, RedisServer
+from harness import ROOT, Beat, Broker, RedisServer, Worker
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +62,7 @@ class BeatGroup:
         self.queue = f"q-{prefix}"
         self.broker = Broker(server, self.queue)
         self.beats: list[Beat] = []
+        self.workers: list[Worker] = []
 
     def env(self, schedule: dict[str, Any], **extra: str) -> dict[str, str]:
         env = {
@@ -80,9 +81,17 @@ class BeatGroup:
         self.beats.append(beat.start())
         return beat
 
+    def worker(self, schedule: dict[str, Any], name: str, pool: str = "prefork", concurrency: int = 1, **extra: str) -> Worker:
+        """A real `celery worker` on the group's queue, configured like its beats (same app)."""
+        w = Worker(self.workdir, self.env(schedule, **extra), name, pool=pool, concurrency=concurrency)
+        self.workers.append(w.start())
+        return w
+
     def stop_all(self) -> None:
         for b in self.beats:
             b.stop()
+        for w in self.workers:
+            w.stop()
 
 
 @pytest.fixture

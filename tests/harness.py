@@ -200,6 +200,43 @@ class Beat:
         wait_for(lambda: text in self.output(), timeout, what=f"{text!r} in the log of beat {self.name}")
 
 
+class Worker(Beat):
+    """One real `celery worker` process running tests/beatapp.py (its pool's children in
+    the same process group, so kill() takes them all)."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], name: str, pool: str = "prefork", concurrency: int = 2) -> None:
+        super().__init__(workdir, env, name)
+        self.pool, self.concurrency = pool, concurrency
+        self.log = workdir / f"worker-{name}-{uuid.uuid4().hex[:6]}.log"
+
+    def start(self, extra: list[str] | None = None) -> Worker:
+        env = dict(os.environ)
+        env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)])
+        cmd = [sys.executable, "-m", "celery", "-A", "beatapp", "worker", "--pool", self.pool, "-c", str(self.concurrency),
+               "-Q", self.env["BEAT_QUEUE"], "-n", f"{self.name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO",
+               "--without-gossip", "--without-mingle", "--without-heartbeat", "--prefetch-multiplier", "1", *(extra or [])]
+        self._fh = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children: a host gone mid-run."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return super().stop(timeout)
+
+
 def faketime_library() -> str | None:
     for candidate in (
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",

@@ -147,6 +147,85 @@ local function add_count(key, field, n)
   end
 end
 
+-- The run ledger (redbeat_safe.runs): per entry a sorted set `{p}:runs:<entry>`,
+-- score the nominal tick, member that tick's record (JSON). At most one record a
+-- tick: an update reads it, merges the fields and writes it back. Kept to the
+-- latest `keep` ticks, and the key expires `retention` ms after its last write.
+-- A key of another type (planted) is replaced: the ledger never fails the write
+-- it belongs to.
+local function run_get(key, tick)
+  local found = redis.pcall('ZRANGEBYSCORE', key, tick, tick)
+  if type(found) ~= 'table' or found.err then
+    redis.call('DEL', key)
+    return {}, nil
+  end
+  for _, raw in ipairs(found) do
+    local ok, rec = pcall(cjson.decode, raw)
+    if ok and type(rec) == 'table' then return rec, raw end
+    redis.call('ZREM', key, raw)
+  end
+  return {}, nil
+end
+
+local function run_put(key, tick, rec, old, keep, retention)
+  if old then redis.call('ZREM', key, old) end
+  -- the tick leads the record, exactly (cjson would round a 15-digit number): it makes
+  -- each tick's member unique, and the score says the same
+  rec.tick = nil
+  local body = cjson.encode(rec)
+  redis.call('ZADD', key, tick, '{"tick":' .. int_json(tick) .. (body == '{}' and '}' or ',' .. string.sub(body, 2)))
+  redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
+  redis.call('PEXPIRE', key, retention)
+end
+
+-- What a record's state may become: a final state never goes back, and a later
+-- event of the same run never lets an earlier one overwrite it.
+local RUN_ORDER = {queued = 1, received = 2, started = 3, retried = 3,
+                   succeeded = 4, failed = 4, revoked = 4, expired = 4, skipped = 4}
+
+-- The running marker of an entry (overlap policies): `{p}:running` entry -> JSON
+-- {tick, state, id, deadline}; `{p}:runlease` entry -> deadline, so that expired markers
+-- are found without reading them all. nil when there is none or it ran out.
+local function marker_get(hkey, name, now)
+  local raw = redis.call('HGET', hkey, name)
+  if not raw then return nil end
+  local ok, m = pcall(cjson.decode, raw)
+  if not ok or type(m) ~= 'table' or type(m.deadline) ~= 'number' or type(m.tick) ~= 'number' then return nil end
+  if m.deadline <= now then return nil end
+  return m
+end
+
+local function marker_set(hkey, zkey, name, m)
+  redis.call('HSET', hkey, name, '{"tick":' .. int_json(m.tick) .. ',"state":' .. cjson.encode(m.state) .. ',"id":'
+    .. cjson.encode(m.id or '') .. ',"deadline":' .. int_json(m.deadline) .. '}')
+  redis.call('ZADD', zkey, m.deadline, name)
+end
+
+local function marker_clear(hkey, zkey, name)
+  redis.call('HDEL', hkey, name)
+  redis.call('ZREM', zkey, name)
+end
+
+-- Hand the tick an entry's buffer policy held back to the reaper, due now: a beat
+-- publishes it with its own task id (the definition it was claimed under is in
+-- `flight`), and the entry counts as busy again until its run reports.
+-- `buffered` holds "<tick>:<entry>|<ms a published tick counts as running>".
+local function release_buffered(bkey, inflight, holder, wakekey, hkey, zkey, name, now)
+  local raw = redis.call('HGET', bkey, name)
+  if not raw then return false end
+  redis.call('HDEL', bkey, name)
+  local bar = string.find(raw, '|', 1, true)
+  local member, hold = raw, 0
+  if bar then member, hold = string.sub(raw, 1, bar - 1), tonumber(string.sub(raw, bar + 1)) or 0 end
+  local tick = split_member(member)
+  if not tick then return false end
+  redis.call('ZADD', inflight, 0, member)
+  redis.call('HSET', holder, member, 'buffer')
+  marker_set(hkey, zkey, name, {tick = tick, state = 'queued', id = '', deadline = now + hold})
+  wake(wakekey)
+  return true
+end
+
 -- Acknowledge published in-flight ticks and append them to their entries'
 -- bounded histories. acks: flat {member, task id, kind} triples starting at
 -- ARGV[first]; history keys: KEYS[hfirst ...] in the same order; ix: where in

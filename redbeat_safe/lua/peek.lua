@@ -1,14 +1,20 @@
 -- One read per beat loop: acknowledge what was published, heartbeat, re-lease
 -- expired in-flight ticks to this instance (the reaper), and list due entries.
 -- KEYS: reply, due, state, inflight, flight, holder, instances, meta, instinfo,
---       inststats, counters, seen, wake, then one history key per acknowledgement
+--       inststats, counters, seen, wake, ledgers, running, runlease, buffered,
+--       then one history key per acknowledgement
 -- ARGV: reply ttl ms, instance id, heartbeat ttl ms, lease ms, max due, max reaped,
 --       split window ms (see below), history length,
 --       ack count n, then n {member, task id, kind} triples
 -- Returns: {now, epoch, dead instances?, registered?, next future tick, next lease deadline,
 --           #due, name, score, version (-1: unreadable), runs, definition hash or what is wrong, ...,
 --           #reaped, member, definition (false if missing), ..., entries due in all,
---           the latest wake-up id ('' for none), how many instances share the due list}
+--           the latest wake-up id ('' for none), how many instances share the due list,
+--           how many worker processes keep the run ledger}
+--
+-- Running markers whose lease ran out (a worker lost mid-run, a message that never
+-- reached one) are dropped here, and the tick an entry's buffer_one policy held
+-- back is handed to the reaper: an entry is never blocked by a run nobody reports.
 --
 -- The wake-up id is read in the same step as the due list: a beat that then
 -- waits for a wake-up after it (store.py) cannot miss a change made after this
@@ -39,7 +45,7 @@ local instance, lease, max_due, max_reap = ARGV[2], tonumber(ARGV[4]), tonumber(
 local reaped = replay()
 if not reaped then
   local acks = tonumber(ARGV[9])
-  ack_all({inflight = 4, flight = 5, holder = 6, stats = 10, instances = 7, state = 3, counters = 11}, instance, now, 10, acks, 14,
+  ack_all({inflight = 4, flight = 5, holder = 6, stats = 10, instances = 7, state = 3, counters = 11}, instance, now, 10, acks, 18,
           tonumber(ARGV[8]))
   reaped = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, max_reap)
   for i = 1, #reaped do
@@ -49,6 +55,10 @@ if not reaped then
   if acks > 0 or #reaped > 0 then remember(reaped) end
 end
 redis.call('ZADD', KEYS[7], now + tonumber(ARGV[3]), instance)
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[16], '-inf', now, 'LIMIT', 0, 10)) do
+  marker_clear(KEYS[15], KEYS[16], name)
+  release_buffered(KEYS[17], KEYS[4], KEYS[6], KEYS[13], KEYS[15], KEYS[16], name, now)
+end
 local dead = #redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 1)
 
 local out = {now, redis.call('HGET', KEYS[8], 'epoch') or '', dead, redis.call('HEXISTS', KEYS[9], instance)}
@@ -117,4 +127,5 @@ end
 out[#out + 1] = count
 out[#out + 1] = last_wake(KEYS[13])
 out[#out + 1] = sharing
+out[#out + 1] = redis.call('ZCOUNT', KEYS[14], now, '+inf')
 return out

@@ -3,7 +3,8 @@
 -- instance declares, so a rolling deploy never deletes an entry an older or
 -- newer config still defines.
 -- KEYS: reply, instances, instinfo, inststats, static, due, defs, state, aside,
---       seen, then one history key per candidate
+--       seen, running, runlease, buffered, flight, then per candidate its history
+--       key and its run-ledger key
 -- ARGV: reply ttl ms, instance id leaving ('' for none), then the candidate
 --       names (static entries the caller saw no live instance declare; checked
 --       again here, atomically, against the instances live now)
@@ -39,7 +40,13 @@ for i = 3, #ARGV do
     redis.call('HDEL', KEYS[8], name)
     redis.call('HDEL', KEYS[9], name)
     redis.call('SREM', KEYS[5], name)
-    redis.call('DEL', KEYS[8 + i])
+    redis.call('DEL', KEYS[9 + 2 * i], KEYS[10 + 2 * i])
+    marker_clear(KEYS[11], KEYS[12], name)
+    local buffered = redis.call('HGET', KEYS[13], name)
+    if buffered then
+      redis.call('HDEL', KEYS[13], name)
+      redis.call('HDEL', KEYS[14], (string.gsub(buffered, '|[^|]*$', '')))
+    end
     removed[#removed + 1] = name
   end
 end

@@ -1,0 +1,174 @@
+"""Overlap policies, decided in the claim on the running marker (in-process engines on a
+real Redis and a server clock the test sets; the worker side is store.run_event, what
+redbeat_safe.runs calls): skip, buffer_one, replace, a marker whose lease runs out, and
+no policy applied while no worker keeps the ledger."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from faults import T0, Fleet, run_until_idle
+from harness import RedisServer
+from redbeat_safe import every, registry
+from redbeat_safe.definitions import build
+from redbeat_safe.dispatch import jitter_offset, task_id_for
+from redbeat_safe.schedules import ms_to_datetime
+from redbeat_safe.store import RedisStore
+
+RUN_LEASE = 5_000
+
+
+def _fleet(redis_server: RedisServer, prefix: str, overlap: str, **extra: object) -> tuple[Fleet, RedisStore]:
+    fleet = Fleet(redis_server.client(), prefix, lease_ms=10_000)
+    fleet.settings = fleet.settings.__class__(**{**fleet.settings.__dict__, "run_lease_ms": RUN_LEASE, "queue_lease_ms": 60_000})
+    entry = build("e", "t", every(1, start=ms_to_datetime(T0 + 1000), overlap=overlap, **extra), default_tz="UTC")  # type: ignore[arg-type]
+    store = fleet.store()
+    registry.upsert(store, [entry], "api")
+    store.run_event("", 0, "", "alive", "worker-1", 1, 3_600_000)  # a worker keeps the ledger
+    return fleet, store
+
+
+def _step(fleet: Fleet, engine: object, ms: int = 1000) -> None:
+    fleet.clock.advance(ms)
+    run_until_idle(engine)  # type: ignore[arg-type]
+
+
+def _runs(store: RedisStore) -> dict[int, str]:
+    return {t: f"{r.get('state')}:{r.get('reason', '')}" for t, r in store.runs("e")}
+
+
+def test_skip_publishes_nothing_while_the_previous_run_is_queued_or_running(redis_server: RedisServer, prefix: str) -> None:
+    fleet, store = _fleet(redis_server, prefix, "skip")
+    a = fleet.engine("a")
+    a.register()
+    fleet.clock.set(T0)
+    _step(fleet, a)  # T0+1000: published, the marker says queued
+    assert fleet.ticks("e") == [T0 + 1000]
+    _step(fleet, a)  # queued still (no worker has started it): skipped
+    first = T0 + 1000
+    store.run_event("e", first, task_id_for(prefix, "e", first), "started", "w", 1, RUN_LEASE)
+    _step(fleet, a)  # running: skipped
+    store.run_event("e", first, task_id_for(prefix, "e", first), "succeeded", "w", 1, RUN_LEASE)
+    _step(fleet, a)  # ended: this one goes out
+    assert fleet.ticks("e") == [T0 + 1000, T0 + 4000]
+    runs = _runs(store)
+    assert runs[T0 + 2000] == runs[T0 + 3000] == "skipped:overlap" and runs[T0 + 1000] == "succeeded:"
+    assert int(fleet.client.hget(fleet.keys.runstats, "skipped.overlap:e")) == 2
+    assert int(fleet.client.hget(fleet.keys.runstats, "succeeded:e")) == 1
+
+
+def test_two_beats_never_both_let_a_tick_through(redis_server: RedisServer, prefix: str) -> None:
+    """Both plan the same due tick before either claims; the claim decides on the marker."""
+    fleet, store = _fleet(redis_server, prefix, "skip")
+    a, b = fleet.engine("a"), fleet.engine("b")
+    a.register()
+    b.register()
+    for _ in range(6):
+        fleet.clock.advance(1000)
+        pa, pb = a.prepare(), b.prepare()
+        a.finish(pa)
+        b.finish(pb)
+    assert len(fleet.sent) == 1, "a second run went out while the first was queued"
+
+
+def test_buffer_one_keeps_one_tick_and_releases_it_when_the_run_ends(redis_server: RedisServer, prefix: str) -> None:
+    fleet, store = _fleet(redis_server, prefix, "buffer_one")
+    a = fleet.engine("a")
+    a.register()
+    fleet.clock.set(T0)
+    _step(fleet, a)
+    first = T0 + 1000
+    store.run_event("e", first, task_id_for(prefix, "e", first), "started", "w", 1, RUN_LEASE)
+    _step(fleet, a)  # T0+2000: buffered
+    _step(fleet, a)  # T0+3000: skipped, one is buffered already
+    assert fleet.ticks("e") == [first]
+    runs = _runs(store)
+    assert runs[T0 + 2000] == "queued:buffered" and runs[T0 + 3000] == "skipped:overlap"
+    store.run_event("e", first, task_id_for(prefix, "e", first), "succeeded", "w", 1, RUN_LEASE)
+    run_until_idle(a)  # the end released the buffered tick to the reaper: it goes out now, with its own id
+    assert fleet.ticks("e") == [first, T0 + 2000]
+    assert [s.task_id for s in fleet.sent][-1] == task_id_for(prefix, "e", T0 + 2000)
+    _step(fleet, a)  # T0+4000: the released tick counts as queued, so this one waits in the buffer
+    assert fleet.ticks("e") == [first, T0 + 2000]
+
+
+def test_replace_publishes_the_new_tick_and_revokes_the_running_one(redis_server: RedisServer, prefix: str) -> None:
+    fleet, store = _fleet(redis_server, prefix, "replace", terminate=True)
+    a = fleet.engine("a")
+    revoked: list[tuple[str, bool]] = []
+    a.revoke = lambda task_id, terminate: revoked.append((task_id, terminate))
+    a.register()
+    fleet.clock.set(T0)
+    _step(fleet, a)
+    first = T0 + 1000
+    store.run_event("e", first, "running-id", "started", "w", 1, RUN_LEASE)
+    _step(fleet, a)
+    assert fleet.ticks("e") == [first, T0 + 2000]
+    assert revoked == [("running-id", True)]
+    _step(fleet, a)  # the queued T0+2000 (never started) is revoked by its own id
+    assert revoked[-1] == (task_id_for(prefix, "e", T0 + 2000), True)
+
+
+def test_a_marker_whose_lease_runs_out_frees_the_entry(redis_server: RedisServer, prefix: str) -> None:
+    """A worker SIGKILLed mid-run stops refreshing: one lease later the entry goes on."""
+    fleet, store = _fleet(redis_server, prefix, "skip")
+    a = fleet.engine("a")
+    a.register()
+    fleet.clock.set(T0)
+    _step(fleet, a)
+    first = T0 + 1000
+    store.run_event("e", first, task_id_for(prefix, "e", first), "started", "w", 1, RUN_LEASE)  # then the worker dies
+    for _ in range(4):
+        _step(fleet, a)
+    assert fleet.ticks("e") == [first]  # within the lease: still running, as far as anyone knows
+    for _ in range(3):
+        _step(fleet, a)
+    assert len(fleet.ticks("e")) == 2 and fleet.ticks("e")[1] <= first + RUN_LEASE + 1000, fleet.ticks("e")
+
+
+def test_without_a_worker_keeping_the_ledger_the_policy_is_not_applied(redis_server: RedisServer, prefix: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    fleet, store = _fleet(redis_server, prefix, "skip")
+    fleet.client.delete(fleet.keys.ledgers)
+    a = fleet.engine("a")
+    a.register()
+    fleet.clock.set(T0)
+    with caplog.at_level(logging.WARNING, logger="redbeat_safe"):
+        for _ in range(3):
+            _step(fleet, a)
+    assert fleet.ticks("e") == [T0 + 1000, T0 + 2000, T0 + 3000]  # allow: nothing would ever clear a marker
+    assert sum("needs the run ledger" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_removed_entry_leaves_no_ledger_marker_or_buffered_tick(redis_server: RedisServer, prefix: str) -> None:
+    fleet, store = _fleet(redis_server, prefix, "buffer_one")
+    a = fleet.engine("a")
+    a.register()
+    fleet.clock.set(T0)
+    _step(fleet, a)
+    store.run_event("e", T0 + 1000, "x", "started", "w", 1, RUN_LEASE)
+    _step(fleet, a)
+    assert fleet.client.hexists(fleet.keys.buffered, "e")
+    store.remove(["e"])
+    k = fleet.keys
+    assert not fleet.client.exists(k.runs("e")) and not fleet.client.hexists(k.running, "e")
+    assert not fleet.client.hexists(k.buffered, "e") and fleet.client.zscore(k.runlease, "e") is None
+    assert not [m for m in fleet.client.hkeys(k.flight) if m.endswith(b":e") and not fleet.client.zscore(k.inflight, m)]
+    assert store.run_event("e", T0 + 1000, "x", "succeeded", "w", 1, RUN_LEASE) is False  # no ledger comes back
+
+
+def test_an_event_recorded_twice_counts_once(redis_server: RedisServer, prefix: str) -> None:
+    fleet, store = _fleet(redis_server, prefix, "allow")
+    for _ in range(2):  # a lost reply, a retry
+        store.run_event("e", T0 + 1000, "x", "failed", "w", 1, RUN_LEASE, "ValueError")
+    assert int(fleet.client.hget(fleet.keys.runstats, "failed:e")) == 1
+    assert store.run_event("e", T0 + 1000, "x", "started", "w", 1, RUN_LEASE) is False  # never backwards
+
+
+def test_jitter_is_the_same_on_every_beat_and_spread_below_its_bound() -> None:
+    offsets = [jitter_offset("p", f"e{i}", 1_800_000_000_000, 2000) for i in range(2000)]
+    assert offsets == [jitter_offset("p", f"e{i}", 1_800_000_000_000, 2000) for i in range(2000)]
+    assert 0 <= min(offsets) < 50 and 1950 < max(offsets) < 2000
+    assert 400 < sum(o < 1000 for o in offsets) / 2 < 600  # about half in each half
