@@ -497,17 +497,9 @@ def history(ctx: click.Context, name: str, limit: int, show_tz: str | None, as_j
     zone = _shown_zone(e, show_tz, api.settings.timezone)
     rows = api.history(name, limit)
     table = [(_at(d.tick, zone, "milliseconds"), d.kind, d.task_id, d.instance,
-              f"{(_ms(d.published_at) or 0) - d.tick_ms:+d} ms", _run_outcome(d)) for d in rows]
+              f"{(_ms(d.published_at) or 0) - d.tick_ms:+d} ms", d.outcome_text()) for d in rows]
     _emit(as_json, [d.as_dict() for d in rows],
           lambda: _table(("TICK", "KIND", "TASK ID", "BY", "PUBLISHED", "OUTCOME"), table) if table else "no dispatches yet")
-
-
-def _run_outcome(d: Any) -> str:
-    """OUTCOME in `history`: what the run ledger says (- without one)."""
-    if d.outcome is None:
-        return "-"
-    took = f" in {d.duration_ms / 1000:.2f}s" if d.duration_ms is not None else ""
-    return f"{d.outcome}{f' ({d.exception})' if d.exception else ''}{took}"
 
 
 @schedules.command()

@@ -98,6 +98,7 @@ class ClusterCollector(Collector):
                                   "skipped, past the starting deadline or catch-up limit)", value=ov.counters.get(overview.SKIPPED, 0))
         if self.entry_series == "none":
             return
+        yield from self._runs(now)
         lateness = GaugeMetricFamily(f"{PREFIX}_entry_lateness_seconds", "How far each enabled entry's next tick is behind now "
                                      "(only entries whose tick has come, unless entry series are 'all': then 0 for the others)",
                                      labels=["entry"])
@@ -122,6 +123,28 @@ class ClusterCollector(Collector):
                 last.add_metric([printable(e.name)], at)
                 last_late.add_metric([printable(e.name)], max(0.0, at - d.tick_ms / 1000))
         yield from (nxt, last, last_late)
+
+
+    def _runs(self, now: int) -> Iterator[Metric]:
+        """What the workers' run ledger reported, per entry (only entries it has seen)."""
+        try:
+            stats, last_ok = self.store.run_stats()
+        except STORE_ERRORS:
+            return
+        runs = CounterMetricFamily(f"{PREFIX}_runs", "Runs reported by the workers' run ledger, by entry and outcome: "
+                                   "succeeded, failed, retried, revoked, expired", labels=["entry", "outcome"])
+        skipped = CounterMetricFamily(f"{PREFIX}_entry_ticks_skipped", "Ticks not run, by entry and reason: overlap, replaced, "
+                                      "coalesced, missed, paused", labels=["entry", "reason"])
+        for (outcome, name), n in sorted(stats.items()):
+            if outcome.startswith("skipped."):
+                skipped.add_metric([printable(name), outcome[len("skipped."):]], n)
+            else:
+                runs.add_metric([printable(name), outcome], n)
+        age = GaugeMetricFamily(f"{PREFIX}_entry_last_success_age_seconds", "Seconds since each entry's latest run succeeded "
+                                "(the run ledger): a dead-man signal", labels=["entry"])
+        for name, at in sorted(last_ok.items()):
+            age.add_metric([printable(name)], max(0, now - at) / 1000)
+        yield from (runs, skipped, age)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -7,12 +7,19 @@ Enable it in the workers with one line in the app's configuration::
 or ``import redbeat_safe.runs`` in the module that creates the app. Importing it
 connects Celery's task signals; a task message that carries redbeat_safe's headers
 (``redbeat_safe_entry``, ``redbeat_safe_tick_ms``) is recorded, every other task is
-untouched. Each state change is one script call (``run.lua``): received, started
-(worker, pid), then succeeded, failed, retried, revoked or expired, with its duration.
-While a run lasts, a thread refreshes the entry's running marker (what the overlap
-policies read) every third of ``redbeat_safe_run_lease``, never past the task's hard
-time limit. A Redis that cannot be reached never fails a task: the event is logged
-(once a minute), counted in ``stats()`` and skipped.
+untouched: received, started (worker, pid), then succeeded, failed, retried, revoked
+or expired, with its duration (docs/runs.md).
+
+A task never waits for Redis: the signal handlers only note the event, and a thread
+of each worker process sends what is noted every ``FLUSH_EVERY`` seconds, in one
+round trip (``run.lua`` once per event, pipelined). Events of one run noted between
+two flushes are merged (a run that started and ended in between is one call, carrying
+its start). So a Redis that is slow or down never slows or fails a task: what cannot
+be sent is logged (once a minute), counted in ``stats()`` and dropped, at most
+``MAX_PENDING`` events are kept. The same thread refreshes the running marker of each
+task running in the process (what the overlap policies read) every third of
+``redbeat_safe_run_lease``, never past the task's hard time limit, and says that this
+worker keeps the ledger (beats apply overlap policies only while one does).
 
 This module depends on the core; the core never imports it.
 """
@@ -36,8 +43,14 @@ from .store import RedisStore
 
 logger = logging.getLogger("redbeat_safe.runs")
 
+#: How often the writer thread sends what was noted (s): the delay between a state and
+#: its record, and how long a finished run holds its entry past its end.
+FLUSH_EVERY = 0.05
+#: Events kept while Redis does not answer; older ones are dropped first.
+MAX_PENDING = 10_000
 #: How often the same failure is logged again (s).
 _LOG_EVERY = 60.0
+_FINAL = ("succeeded", "failed", "revoked", "expired")
 
 
 @dataclass
@@ -48,52 +61,85 @@ class _Run:
     deadline: float | None  #: monotonic: the task's hard time limit (the marker never outlives it)
 
 
+@dataclass
+class _Event:
+    entry: str
+    tick: int
+    task_id: str
+    event: str
+    at_ms: int  #: this worker's clock
+    lease_ms: int = 0
+    exc: str = ""
+    started_ms: int | None = None  #: a start merged into a final event
+
+
 class Ledger:
-    """One process's connection to the store of one app, and its runs in progress."""
+    """One process's writer for one app: its noted events, its runs in progress."""
 
     def __init__(self, app: Celery) -> None:
         self.settings = Settings.from_app(app)
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._client: Client | None = None
         self._store: RedisStore | None = None
         self._pid = 0
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._pending: list[_Event] = []
         self._running: dict[str, _Run] = {}
         self._thread: threading.Thread | None = None
         self._alive = False
+        self._next_refresh = 0.0
+
+    @property
+    def worker(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def store(self) -> RedisStore:
         if self._store is None or self._pid != os.getpid():  # a forked pool child makes its own connection
-            self._pid = os.getpid()
             self._client = connect(self.settings.topology)
             self._store = RedisStore(self._client, self.settings.key_prefix)
             self._store.run_retention_ms = self.settings.run_retention_ms
-            self._running, self._thread = {}, None
+            self._pid = os.getpid()
         return self._store
 
     @property
     def lease_ms(self) -> int:
         return self.settings.run_lease_ms
 
-    def event(self, entry: str, tick: int, task_id: str, event: str, exc: str = "", lease_ms: int = 0) -> None:
-        """Record one event; never raises (a task must not fail because the ledger cannot write)."""
-        try:
-            self.store.run_event(entry, tick, task_id, event, self.worker, os.getpid(), lease_ms or self.lease_ms, exc)
-            STATS[event] = STATS.get(event, 0) + 1
-        except Exception as exc_:  # noqa: BLE001 - Redis down, refused, or a bug: the task goes on regardless
-            STATS["failed_writes"] = STATS.get("failed_writes", 0) + 1
-            _log_failure(f"redbeat_safe.runs: could not record {event} of {entry} tick {tick} ({type(exc_).__name__}: {exc_}); "
-                         "the task is not affected")
+    def note(self, event: _Event) -> None:
+        """Note an event for the writer thread; never blocks on Redis, never raises."""
+        with self._cond:
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._start()
+            if len(self._pending) >= MAX_PENDING:
+                del self._pending[0]
+                STATS["dropped"] = STATS.get("dropped", 0) + 1
+            self._pending.append(event)
+            if event.event in _FINAL:
+                self._cond.notify()
 
-    # -- the running marker's refresh ---------------------------------------
+    def _start(self) -> None:
+        """The writer thread of this process (again after a fork: threads do not survive one)."""
+        if self._pid != os.getpid():
+            self._pending, self._running, self._store = [], {}, None
+            _ = self.store
+        self._thread = threading.Thread(target=self._loop, name="redbeat_safe-runs", daemon=True)
+        self._thread.start()
+
+    def keep_alive(self) -> None:
+        """This worker keeps the ledger: said now and every third of the run lease."""
+        with self._cond:
+            self._alive = True
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._start()
+            self._next_refresh = 0.0
+            self._cond.notify()
+
     def started(self, run: _Run) -> None:
-        with self._lock:
+        with self._cond:
             self._running[run.task_id] = run
-        self._ensure_thread()
 
     def ended(self, task_id: str) -> None:
-        with self._lock:
+        with self._cond:
             self._running.pop(task_id, None)
 
     def lease_for(self, run: _Run) -> int:
@@ -104,28 +150,67 @@ class Ledger:
             lease = min(lease, max(1, int((run.deadline - time.monotonic()) * 1000)))
         return lease
 
-    def keep_alive(self) -> None:
-        """Say that this worker keeps the ledger (beats apply overlap policies only while
-        one does), now and every third of the run lease, from a thread."""
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self.event("", 0, "", "alive")
-        self._alive = True
-        self._ensure_thread()
+    def flush(self) -> None:
+        """Send what is noted now (the writer thread does this on its own)."""
+        with self._cond:
+            batch, self._pending = self._pending, []
+        self._send(batch)
 
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._refresh, name="redbeat_safe-runs", daemon=True)
-            self._thread.start()
-
-    def _refresh(self) -> None:
+    def _loop(self) -> None:
         while True:
-            time.sleep(self.lease_ms / 3000)
-            if self._alive:
-                self.event("", 0, "", "alive")
-            with self._lock:
-                runs = list(self._running.values())
-            for run in runs:
-                self.event(run.entry, run.tick, run.task_id, "heartbeat", lease_ms=self.lease_for(run))
+            with self._cond:
+                self._cond.wait(FLUSH_EVERY)
+                batch, self._pending = self._pending, []
+                refresh = time.monotonic() >= self._next_refresh
+                running = list(self._running.values()) if refresh else []
+                if refresh:
+                    self._next_refresh = time.monotonic() + self.lease_ms / 3000
+            now = int(time.time() * 1000)
+            extra = [_Event(r.entry, r.tick, r.task_id, "heartbeat", now, lease_ms=self.lease_for(r)) for r in running]
+            if refresh and self._alive:
+                extra.append(_Event("", 0, "", "alive", now, lease_ms=self.lease_ms))
+            self._send(_merged(batch) + extra)
+
+    def _send(self, batch: list[_Event]) -> None:
+        if not batch:
+            return
+        worker, pid = self.worker, os.getpid()
+        try:
+            replies = self.store.run_events([(e.entry, e.tick, e.task_id, e.event, worker, pid, e.lease_ms or self.lease_ms, e.exc,
+                                              e.at_ms, e.started_ms) for e in batch])
+        except Exception as exc:  # noqa: BLE001 - Redis down, refused, or a bug: the tasks go on regardless
+            STATS["failed_writes"] = STATS.get("failed_writes", 0) + len(batch)
+            _log_failure(f"redbeat_safe.runs: could not record {len(batch)} event(s) ({type(exc).__name__}: {exc}); "
+                         "the tasks are not affected")
+            return
+        for e, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                STATS["failed_writes"] = STATS.get("failed_writes", 0) + 1
+                _log_failure(f"redbeat_safe.runs: could not record {e.event} ({type(reply).__name__}: {reply})")
+            else:
+                STATS[e.event] = STATS.get(e.event, 0) + 1
+
+
+def _merged(batch: list[_Event]) -> list[_Event]:
+    """One run's events noted between two flushes, as few calls as say the same: a
+    `received` or `started` followed by a final state becomes that final state, carrying
+    the start (the marker's `running` state is not needed for a run already over)."""
+    last: dict[tuple[str, int, str], _Event] = {}
+    out: list[_Event] = []
+    for e in batch:
+        key = (e.entry, e.tick, e.task_id)
+        prev = last.get(key)
+        if prev is not None and prev.event in ("received", "started") and e.event in _FINAL + ("retried",):
+            out.remove(prev)
+            if prev.event == "started":
+                e.started_ms = prev.at_ms
+            elif prev.started_ms is not None:
+                e.started_ms = prev.started_ms
+        elif prev is not None and prev.event == "received" and e.event == "started":
+            out.remove(prev)
+        last[key] = e
+        out.append(e)
+    return out
 
 
 STATS: dict[str, int] = {}
@@ -134,7 +219,7 @@ _last_logged: dict[str, float] = {}
 
 
 def stats() -> dict[str, int]:
-    """Events recorded and writes that failed, in this process."""
+    """Events recorded, dropped and not written, in this process."""
     return dict(STATS)
 
 
@@ -176,6 +261,10 @@ def _from_request(request: Any) -> tuple[str, int] | None:
     return found
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
     run = _from_request(request)
     task = getattr(request, "task", None)
@@ -183,7 +272,7 @@ def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
         return
     ledger = _ledger(task.app)
     if ledger is not None:
-        ledger.event(run[0], run[1], request.id, "received")
+        ledger.note(_Event(run[0], run[1], request.id, "received", _now_ms()))
 
 
 def _prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -196,7 +285,7 @@ def _prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **
     limits = getattr(task.request, "timelimit", None) or (None, None)
     hard = limits[0] if limits and limits[0] else getattr(task, "time_limit", None)
     current = _Run(run[0], run[1], task_id, None if not hard else time.monotonic() + float(hard))
-    ledger.event(run[0], run[1], task_id, "started", lease_ms=ledger.lease_for(current))
+    ledger.note(_Event(run[0], run[1], task_id, "started", _now_ms(), lease_ms=ledger.lease_for(current)))
     ledger.started(current)
 
 
@@ -215,7 +304,7 @@ def _postrun(sender: Any = None, task_id: str | None = None, task: Any = None, r
     outcome = _OUTCOMES.get(state or "")
     if outcome is not None:
         exc = type(retval).__name__ if outcome in ("failed", "retried") and isinstance(retval, BaseException) else ""
-        ledger.event(run[0], run[1], task_id, outcome, exc=exc)
+        ledger.note(_Event(run[0], run[1], task_id, outcome, _now_ms(), exc=exc))
 
 
 def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
@@ -225,7 +314,7 @@ def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_
         return
     ledger = _ledger(app)
     if ledger is not None:
-        ledger.event(run[0], run[1], getattr(request, "id", "") or "", "expired" if expired else "revoked")
+        ledger.note(_Event(run[0], run[1], getattr(request, "id", "") or "", "expired" if expired else "revoked", _now_ms()))
 
 
 def _ready(sender: Any = None, **_: Any) -> None:
@@ -236,8 +325,19 @@ def _ready(sender: Any = None, **_: Any) -> None:
         ledger.keep_alive()
 
 
+def _shutdown(**_: Any) -> None:
+    """A worker process stopping: send what is noted, while the connection is there."""
+    for ledger in list(_ledgers.values()):
+        try:
+            ledger.flush()
+        except Exception:  # noqa: BLE001, S110 - stopping: nothing more to do
+            pass
+
+
 signals.task_received.connect(_received, weak=False)
 signals.task_prerun.connect(_prerun, weak=False)
 signals.task_postrun.connect(_postrun, weak=False)
 signals.task_revoked.connect(_revoked, weak=False)
 signals.worker_ready.connect(_ready, weak=False)
+signals.worker_process_shutdown.connect(_shutdown, weak=False)
+signals.worker_shutdown.connect(_shutdown, weak=False)

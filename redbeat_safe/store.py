@@ -777,13 +777,37 @@ class RedisStore:
             return raw, int(acked) >= self.wait_replicas, woken, wake_error
         return raw, None if self.wait_replicas else True, woken, wake_error
 
-    def run_event(self, entry: str, tick: int, task_id: str, event: str, worker: str, pid: int, lease_ms: int, exc: str = "") -> bool:
+    def run_event(self, entry: str, tick: int, task_id: str, event: str, worker: str, pid: int, lease_ms: int, exc: str = "",
+                  at_ms: int | None = None, started_ms: int | None = None) -> bool:
         """One event of a run (the worker's ledger, run.lua): True if it was recorded."""
+        keys, args = self._run_call(entry, tick, task_id, event, worker, pid, lease_ms, exc, at_ms, started_ms)
+        return bool(self._call("run", keys, args))
+
+    def run_events(self, events: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Several ``run_event`` calls (their arguments, in order) in one round trip: what a
+        worker's ledger thread sends. Each is the same script as alone; a reply that is an
+        error is returned in its place, not raised."""
+        script = self._scripts["run"]
+        pipe = self._node().pipeline(transaction=False)
+        calls = [self._run_call(*e) for e in events]
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *map(_b, keys), *map(_b, args))
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in replies):  # nothing of those ran: load it, send them again
+            self._node().script_load(script.script)
+            for i, (keys, args) in enumerate(calls):
+                if isinstance(replies[i], NoScriptError):
+                    replies[i] = self._call("run", keys, args)
+        return replies
+
+    def _run_call(self, entry: str, tick: int, task_id: str, event: str, worker: str, pid: int, lease_ms: int, exc: str = "",
+                  at_ms: int | None = None, started_ms: int | None = None) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.runs(entry), k.running, k.runlease, k.buffered, k.inflight, k.holder, k.wake, k.runstats, k.lastok, k.state,
                 k.ledgers]
-        args = [entry, tick, task_id, event, worker, pid, lease_ms, exc, HISTORY_LENGTH, self.run_retention_ms]
-        return bool(self._call("run", keys, args))
+        args = [entry, tick, task_id, event, worker, pid, lease_ms, exc, HISTORY_LENGTH, self.run_retention_ms,
+                "" if at_ms is None else at_ms, "" if started_ms is None else started_ms]
+        return keys, args
 
     def runs(self, name: str, limit: int = HISTORY_LENGTH) -> list[tuple[int, dict[str, Any]]]:
         """The entry's run ledger, newest tick first: (tick, record)."""
@@ -800,6 +824,26 @@ class RedisStore:
             if isinstance(rec, dict):
                 out.append((int(score), rec))
         return out
+
+    def run_stats(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """The ledger's totals for the metrics: {(outcome, entry): count} (outcomes
+        succeeded, failed, retried, revoked, expired and skipped.<reason>) and {entry: when
+        its last run succeeded, ms}. Fields planted by hand are skipped."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(k.runstats)
+        pipe.hgetall(k.lastok)
+        try:
+            stats_raw, ok_raw = pipe.execute()
+        except ResponseError:  # a key of another type (planted): no totals to show
+            return {}, {}
+        stats: dict[tuple[str, str], int] = {}
+        for field, value in stats_raw.items():
+            outcome, sep, name = _s(field).partition(":")
+            if sep and name:
+                stats[(outcome, name)] = _count(value)
+        last_ok = {_s(n): v for n, raw in ok_raw.items() if (v := whole_ms(raw)) is not None}
+        return stats, last_ok
 
     def _history_keys(self, acks: Sequence[Ack]) -> list[str]:
         return [self.keys.history(a.member.partition(":")[2]) for a in acks]

@@ -133,6 +133,14 @@ class Dispatch:
     worker: str | None = None  #: "host:pid" of the worker process that ran it
     exception: str | None = None  #: the exception type of a failed (or retried) run
 
+    def outcome_text(self) -> str:
+        """The run's outcome in a few words ("succeeded in 2.51s", "failed (ValueError) in 0.10s",
+        "-" when no worker reported it): the CLI's and the dashboard's column."""
+        if self.outcome is None:
+            return "-"
+        took = f" in {self.duration_ms / 1000:.2f}s" if self.duration_ms is not None else ""
+        return f"{self.outcome}{f' ({self.exception})' if self.exception else ''}{took}"
+
     def with_run(self, rec: dict[str, Any] | None) -> Dispatch:
         """This dispatch with its run ledger record's outcome."""
         if not isinstance(rec, dict) or not isinstance(rec.get("state"), str):

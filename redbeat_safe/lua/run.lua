@@ -6,7 +6,13 @@
 -- KEYS: runs:<entry>, running, runlease, buffered, inflight, holder, wake,
 --       runstats, lastok, state, ledgers
 -- ARGV: entry, tick, task id, event, worker, pid, lease ms (started, heartbeat,
---       retried, alive), exception type, keep, retention ms
+--       retried, alive), exception type, keep, retention ms, when it happened (the
+--       worker's clock, ms; '' = now by the server's), when the run started (ms; ''
+--       unless a final event carries a start that was not sent on its own)
+--
+-- A worker sends its events in batches from a thread (runs.py), so the times in a
+-- record are the worker's own: a duration is measured on one clock. The marker's
+-- deadlines are the server's.
 -- Event 'alive' (no entry): the worker process keeps the ledger, until now + lease
 -- (`ledgers`; beats apply overlap policies only while one does). Event 'skipped'
 -- (from the API, resuming a paused entry): the ticks it missed while paused, as one
@@ -24,6 +30,7 @@ local now = now_ms()
 local name, tick, id, event = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local worker, pid, lease, exc = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local keep, retention = tonumber(ARGV[9]), tonumber(ARGV[10])
+local at, started_at = tonumber(ARGV[11] or '') or now, tonumber(ARGV[12] or '')
 if event == 'alive' then
   redis.call('ZADD', KEYS[11], now + lease, worker)
   redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now - 86400000)
@@ -65,10 +72,11 @@ if want == 0 or (was >= want and not (event == 'started' and rec.state == 'retri
 end
 rec.state, rec.id = event, id
 if worker ~= '' then rec.worker, rec.pid = worker, tonumber(pid) end
+if started_at and not rec.started then rec.started = started_at end
 if event == 'received' then
-  rec.received = now
+  rec.received = at
 elseif event == 'started' then
-  rec.started = now
+  rec.started = at
   -- a newer tick's marker (replace published it) is never overwritten by an older run
   if marker == nil or marker.tick <= tick then
     marker_set(KEYS[2], KEYS[3], name, {tick = tick, state = 'running', id = id, deadline = now + lease})
@@ -80,11 +88,11 @@ elseif event == 'retried' then
     marker_set(KEYS[2], KEYS[3], name, {tick = tick, state = 'queued', id = id, deadline = now + lease})
   end
 else  -- a final state
-  rec.finished = now
-  if rec.started then rec.ms = now - rec.started end
+  rec.finished = at
+  if rec.started then rec.ms = math.max(0, at - rec.started) end
   if exc ~= '' then rec.exc = exc end
   add_count(KEYS[8], event .. ':' .. name, 1)
-  if event == 'succeeded' then redis.call('HSET', KEYS[9], name, now) end
+  if event == 'succeeded' then redis.call('HSET', KEYS[9], name, now) end  -- the server's clock: the metric's age
   if mine then
     marker_clear(KEYS[2], KEYS[3], name)
     release_buffered(KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[2], KEYS[3], name, now)

@@ -356,10 +356,10 @@ class Dashboard:
         zone = self._zone(e.schedule)
         rows = [tag("tr", tag("td", _when(d.tick, zone)), tag("td", d.kind, class_="kind " + d.kind),
                     tag("td", _late(d.published_at.timestamp() * 1000 - d.tick_ms)), tag("td", tag("code", d.task_id)),
-                    tag("td", d.instance)) for d in history[:20]]
+                    tag("td", d.instance), tag("td", d.outcome_text(), class_="outcome")) for d in history[:20]]
         if not rows:
             return tag("p", "No dispatches yet.", id="history")
-        return _table(("Tick", "Kind", "Late", "Task id", "By"), rows, "history")
+        return _table(("Tick", "Kind", "Late", "Task id", "By", "Outcome"), rows, "history")
 
     def _next_runs(self, e: Entry, row: EntryRow) -> Html:
         if e.schedule is None or row.next_ms is None:
