@@ -5,7 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .definitions import DefinitionError  # noqa: E402
-from .schedules import ScheduleError, every, pattern  # noqa: E402
+from .schedules import ScheduleError, at, every, pattern, solar  # noqa: E402
 
 if "celery" in __import__("sys").modules:  # imported by a Celery app: mask our URL in its reports
     from .reports import hide_in_celery_reports
@@ -30,5 +30,5 @@ def __getattr__(name: str) -> object:
     raise AttributeError(name)
 
 
-__all__ = ["Scheduler", "Schedules", "every", "pattern", "DefinitionError", "ScheduleError", "EntryNotFound", "EntryDamaged",
+__all__ = ["Scheduler", "Schedules", "every", "pattern", "at", "solar", "DefinitionError", "ScheduleError", "EntryNotFound", "EntryDamaged",
            "StaticEntry", "__version__"]

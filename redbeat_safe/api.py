@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import os
 import socket
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery import Celery
@@ -23,6 +24,11 @@ from .trigger import trigger
 from .views import Dispatch, Entry, Explained, Instance, entry_from_stored, explain
 
 __all__ = ["Schedules", "EntryNotFound", "EntryDamaged", "StaticEntry", "Entry", "Dispatch", "Instance"]
+
+
+#: Keys an ``upsert_many`` item may have, and how many entries one chunk writes.
+_MANY_KEYS = frozenset({"name", "task", "schedule", "args", "kwargs", "options", "enabled"})
+MANY_CHUNK = 1000
 
 
 class Schedules:
@@ -89,6 +95,55 @@ class Schedules:
         if static and changes and not force:
             raise StaticEntry(name, "change")
         return registry.upsert(self.store, [entry], "static" if static else "api", enabled=bool(enabled))[name]
+
+    def upsert_many(self, entries: Iterable[Mapping[str, Any]], *, force: bool = False) -> dict[str, int]:
+        """Create or change many entries at once (a million one-off ``at`` runs, an import);
+        returns how many were created, updated, unchanged, ... .
+
+        Each item is a dict with ``name``, ``task`` and ``schedule``, and optionally
+        ``args``, ``kwargs``, ``options`` and ``enabled`` (default True). Every item is
+        validated first: one bad item refuses the whole call with DefinitionError naming
+        it (and up to 19 more), and nothing is written. Then they are written in chunks,
+        each chunk one snapshot read and one script call, each entry a compare-and-set
+        as in ``upsert``. Entries of a ``beat_schedule`` are refused (StaticEntry) unless
+        ``force``; a schedule that could never fire is refused like in ``upsert``."""
+        built: dict[bool, list[EntryDef]] = {True: [], False: []}
+        problems: list[str] = []
+        names: set[str] = set()
+        for position, item in enumerate(entries, 1):
+            try:
+                if not isinstance(item, Mapping):
+                    raise DefinitionError(f"item #{position}: a dict with name, task and schedule, not {type(item).__name__}")
+                unknown = set(item) - _MANY_KEYS
+                if unknown:
+                    raise DefinitionError(f"item #{position}: unknown key(s) {', '.join(sorted(map(repr, unknown)))}")
+                entry = build(item.get("name"), item.get("task"), item.get("schedule"), item.get("args", ()), item.get("kwargs"),
+                              item.get("options"), default_tz=self.settings.timezone)
+                if entry.name in names:
+                    raise DefinitionError(f"entry {entry.name!r} appears twice")
+                names.add(entry.name)
+                built[bool(item.get("enabled", True))].append(entry)
+            except (DefinitionError, ScheduleError, TypeError) as exc:
+                problems.append(str(exc))
+                if len(problems) >= 20:
+                    break
+        if problems:
+            raise DefinitionError("refused, nothing was written: " + "; ".join(problems))
+        now = self.store.now()
+        static = set() if force else {n for n in self.store.static_names() if n in names}
+        for group in built.values():  # what upsert refuses, refused for all before anything is written
+            for e in group:
+                if e.name in static and not force:
+                    raise StaticEntry(e.name, "change")
+                if e.schedule.first_after(now) is None:
+                    raise ScheduleError(f"entry {e.name!r} would never fire: no tick is left before its end")
+        counts: dict[str, int] = {}
+        for enabled, group in built.items():
+            for start in range(0, len(group), MANY_CHUNK):
+                sources = {e.name: "static" if e.name in static else "api" for e in group[start:start + MANY_CHUNK]}
+                for outcome in registry.upsert(self.store, group[start:start + MANY_CHUNK], sources, enabled=enabled).values():
+                    counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
 
     def get(self, name: str) -> Entry | None:
         """The entry, or None. A damaged entry is returned with ``problem`` set."""

@@ -723,6 +723,33 @@ def import_(ctx: click.Context, file: Any, dry_run: bool, force: bool, as_json: 
     _emit(as_json, report.as_dict(), lambda: _table(("NAME", "RESULT"), report.rows()))
 
 
+@schedules.command(name="import-django-celery-beat")
+@click.argument("file", type=click.File("r"), required=False)
+@click.option("--dry-run", is_flag=True, help="Show what would be created, write nothing.")
+@json_option
+@click.pass_context
+@_handled
+def import_django_celery_beat_(ctx: click.Context, file: Any, dry_run: bool, as_json: bool) -> None:
+    """Create entries equivalent to django-celery-beat's PeriodicTasks, from a `manage.py
+    dumpdata django_celery_beat` file, or (no FILE, inside the Django project) its database."""
+    from .importers import django_celery_beat as dcb  # noqa: PLC0415 - only this command needs it
+
+    api = _api(ctx)
+    try:
+        rows = dcb.from_dump(loads(file.read())) if file is not None else dcb.from_database()
+    except (ImportRefused, dcb.Refused) as exc:
+        raise Failure(2, f"{file.name if file is not None else 'the database'}: {exc}; nothing was written") from None
+    except ImportError as exc:
+        raise Failure(2, f"reading the database needs Django and django-celery-beat installed ({exc}); or give a dumpdata file") from None
+    report = dcb.import_rows(api.store, rows, api.settings.timezone, dry_run=dry_run)
+    rows_out = report.rows()
+    if not rows_out:
+        raise Failure(1, "no django-celery-beat PeriodicTask rows found")
+    _emit(as_json, report.as_dict(), lambda: _table(("ENTRY", "RESULT"), rows_out))
+    if report.refused:
+        sys.exit(2)
+
+
 @schedules.command(name="import-redbeat")
 @click.option("--redbeat-prefix", default=None, help="celery-redbeat's key prefix (default: redbeat_key_prefix, else 'redbeat:').")
 @click.option("--redbeat-url", default=None, help="Redis holding celery-redbeat's keys (default: redbeat_redis_url, else ours).")

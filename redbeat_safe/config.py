@@ -56,6 +56,7 @@ class Settings:
     run_lease_ms: int = 60_000  #: a running task's marker lasts this long without a worker's refresh
     queue_lease_ms: int = 3_600_000  #: a published tick counts as queued this long before a worker reports it
     run_retention_ms: int = 7 * 86_400_000  #: an entry's run ledger is kept this long after its last write
+    finished_retention_ms: int | None = 7 * 86_400_000  #: a finished entry is removed this long after it finished
     #: What a beat logs at start (once): TLS that does not verify the server, a
     #: store in the broker's database. Settings are still accepted.
     warnings: tuple[str, ...] = ()
@@ -133,6 +134,8 @@ class Settings:
         run_lease = _positive(conf.get("redbeat_safe_run_lease"), 60.0, "redbeat_safe_run_lease")
         queue_lease = _positive(conf.get("redbeat_safe_queue_lease"), 3600.0, "redbeat_safe_queue_lease")
         retention = _positive(conf.get("redbeat_safe_run_retention"), 7 * 86400.0, "redbeat_safe_run_retention")
+        keep_finished = conf.get("redbeat_safe_finished_retention", 7 * 86400.0)
+        finished_retention = None if keep_finished is None else _seconds(keep_finished, "redbeat_safe_finished_retention")
         metrics_address = conf.get("redbeat_safe_metrics_address") or DEFAULT_METRICS_ADDRESS
         if not isinstance(metrics_address, str):
             raise ImproperlyConfigured(f"redbeat_safe_metrics_address must be a host or address string, not {metrics_address!r}")
@@ -142,6 +145,7 @@ class Settings:
             run_lease_ms=max(1000, int(run_lease * 1000)),
             queue_lease_ms=max(1000, int(queue_lease * 1000)),
             run_retention_ms=max(1000, int(retention * 1000)),
+            finished_retention_ms=None if finished_retention is None else max(1000, int(finished_retention * 1000)),
             metrics_port=metrics_port,
             metrics_address=metrics_address,
             warnings=topology.warnings + ((shared,) if shared else ()),

@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
+from functools import cached_property
 from typing import Any, Union
 
 from .schedules import Schedule, ScheduleError, from_celery, pattern
@@ -239,13 +240,19 @@ class EntryDef:
         }
 
     def to_json(self) -> str:
+        return self._json
+
+    @cached_property
+    def _json(self) -> str:
+        """Computed once: an entry is written, hashed and compared several times (a million
+        of them in one upsert_many)."""
         return canonical_json(self.body())
 
-    @property
+    @cached_property
     def definition_hash(self) -> str:
         return hashlib.sha1(self.to_json().encode("utf-8")).hexdigest()[:16]
 
-    @property
+    @cached_property
     def schedule_hash(self) -> str:
         """What decides when it fires: a change of it restarts the phase. The run options
         (overlap, expiry, jitter) are not part of it: changing them keeps the next tick."""

@@ -50,6 +50,9 @@ logger = logging.getLogger("redbeat_safe")
 
 #: Entries looked at per round trip; a full batch means "go again at once".
 BATCH = 200
+#: How often a beat removes finished entries past their retention, and how many at most per call.
+SWEEP_EVERY = 30.0
+SWEEP_BATCH = 2000
 #: The overlap policies as the claim script names them ("" : allow).
 _OVERLAP = {"allow": "", "skip": "skip", "buffer_one": "buffer", "replace": "replace"}
 #: Why the misfire policy left ticks out, as the run ledger records it.
@@ -174,7 +177,8 @@ class Engine:
         #: ticks held back for their jitter: (when, monotonic; a sequence number; tick; entry name; entry; lease start; lease ms)
         self._delayed: list[tuple[float, int, int, str, EntryDef, float, int]] = []
         self._held_seq = 0
-        self._no_ledger: set[str] = set()  #: entries whose overlap policy was said to be not applied
+        self._no_ledger: set[str] = set()
+        self._sweep_at = time.monotonic() + SWEEP_EVERY  #: when this beat next removes finished entries  #: entries whose overlap policy was said to be not applied
         self._next: Deferred[Peek] | None = None  #: a burst's next peek, sent while publishing
         self._ahead: Pass | None = None  #: a burst's next pass, planned and its claim sent, while publishing
         self._reap_at: float | None = 0.0  #: when a lease may next expire (monotonic): peek WAITs then
@@ -401,7 +405,24 @@ class Engine:
             return Pass(peek, [], lost=True, read_at=read_at)
         if peek.instances_expired:
             self._prune()
+        if self.settings.finished_retention_ms is not None and time.monotonic() >= self._sweep_at:
+            self._sweep()
         return Pass(peek, self._plan(peek) if peek.due else [], read_at=read_at)
+
+    def _sweep(self) -> None:
+        """Remove entries finished longer than ``redbeat_safe_finished_retention`` ago, a
+        batch per SWEEP_EVERY (any beat may do it; the script checks each again)."""
+        self._sweep_at = time.monotonic() + SWEEP_EVERY
+        try:
+            removed = self.store.sweep_finished(self.settings.finished_retention_ms or 0, SWEEP_BATCH)
+        except Exception as exc:  # noqa: BLE001 - housekeeping: never a reason for a pass to fail
+            logger.warning("redbeat_safe: removing finished entries failed (%s: %s); trying again in %.0fs", type(exc).__name__, exc,
+                           SWEEP_EVERY)
+            return
+        if removed:
+            logger.info("redbeat_safe: removed %d entries finished more than the retention ago", len(removed))
+            if len(removed) >= SWEEP_BATCH:
+                self._sweep_at = 0.0  # more are waiting: the next pass goes on
 
     def finish(self, p: Pass) -> float:
         try:

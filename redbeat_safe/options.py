@@ -46,6 +46,8 @@ OPTIONS: tuple[Option, ...] = (
            "worker reports it (overlap policies)."),
     Option("redbeat_safe_run_retention", "seconds", "`604800` (7 days)", "How long an entry's run ledger is kept after its "
            "last write."),
+    Option("redbeat_safe_finished_retention", "seconds", "`604800` (7 days)", "How long a finished entry (a one-off `at` that "
+           "ran, past its `end` or `limit`) is kept; `None` keeps it."),
 )
 #: Celery's own settings that this scheduler reads, with the default it gives them
 #: where that differs from Celery's (the configuration reference lists them too).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 from typing import Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -336,6 +337,10 @@ class Schedule(BaseSchedule):  # type: ignore[misc]
         if kind == "pattern":
             return pattern(data["expr"], tz=data["tz"], day_and=bool(data.get("day_and", False)), start=start, end=end, limit=limit,
                            catchup=catchup, **run)
+        if kind == "at":
+            return at(ms_to_datetime(data["when"]), catchup=catchup, **run)
+        if kind == "solar":
+            return solar(data["event"], data["lat"], data["lon"], start=start, end=end, limit=limit, catchup=catchup, **run)
         raise ScheduleError(f"unknown schedule kind {kind!r}")
 
 
@@ -546,6 +551,147 @@ class pattern(Schedule):
         return f"pattern '{self.expr}' in {self.tz_name or 'the app zone'}" + (" (day AND weekday)" if self.day_and else "")
 
 
+class at(Schedule):
+    """One run at a given instant (django-celery-beat's clocked schedule, Celery's long
+    ETAs without their duplicates on a Redis broker).
+
+    Its single tick is ``when``; registered after ``when`` has passed, it runs at once
+    (late: as a missed tick, by the misfire policy). Once it ran the entry is finished,
+    and a finished entry is removed after ``redbeat_safe_finished_retention``.
+    """
+
+    kind = "at"
+
+    def __init__(
+        self,
+        when: datetime,
+        *,
+        catchup: str | None = None,
+        overlap: str | None = None,
+        terminate: bool = False,
+        expires_after: float | timedelta | None = None,
+        jitter: float | timedelta | None = None,
+    ) -> None:
+        super().__init__(catchup=catchup, overlap=overlap, terminate=terminate, expires_after=expires_after, jitter=jitter)
+        self.when_ms = to_ms(when, "when")
+
+    def _raw_next(self, after_ms: int) -> int:
+        return self.when_ms if after_ms < self.when_ms else MAX_TICK_MS + 1
+
+    def first_after(self, now_ms: int) -> int | None:
+        return self.when_ms  # even when it has passed: it runs once, at once
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": "at", "when": self.when_ms}
+        out.update(self._common_json())
+        return out
+
+    def human(self) -> str:
+        return f"once at {iso(self.when_ms)}"
+
+
+#: Celery's solar events: the observer's horizon, the ephem method, whether the sun's
+#: centre (not its upper edge) is what crosses it. The same values as celery.schedules.solar.
+SOLAR_EVENTS: dict[str, tuple[str, str, bool]] = {
+    "dawn_astronomical": ("-18", "next_rising", True),
+    "dawn_nautical": ("-12", "next_rising", True),
+    "dawn_civil": ("-6", "next_rising", True),
+    "sunrise": ("-0:34", "next_rising", False),
+    "solar_noon": ("0", "next_transit", False),
+    "sunset": ("-0:34", "next_setting", False),
+    "dusk_civil": ("-6", "next_setting", True),
+    "dusk_nautical": ("-12", "next_setting", True),
+    "dusk_astronomical": ("-18", "next_setting", True),
+}
+#: Days searched for an event that does not occur every day (polar day or night), as Celery does.
+SOLAR_SEARCH_DAYS = 366
+
+
+class solar(Schedule):
+    """A solar event at a place (Celery's ``solar``, same events and arithmetic): the
+    event's next time after the previous tick, computed with the ``ephem`` package
+    (``pip install 'redbeat-safe[solar]'``). Where an event does not occur on some days
+    (sunrise in the polar night), the search goes on day by day, as Celery's does; if it
+    does not occur within a year the entry has no next tick (Celery would instead fire
+    at the end of its search)."""
+
+    kind = "solar"
+
+    def __init__(
+        self,
+        event: str,
+        lat: float,
+        lon: float,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int | None = None,
+        catchup: str | None = None,
+        overlap: str | None = None,
+        terminate: bool = False,
+        expires_after: float | timedelta | None = None,
+        jitter: float | timedelta | None = None,
+    ) -> None:
+        super().__init__(start=start, end=end, limit=limit, catchup=catchup, overlap=overlap, terminate=terminate,
+                         expires_after=expires_after, jitter=jitter)
+        if event not in SOLAR_EVENTS:
+            raise ScheduleError(f"solar event {event!r} is not one of {', '.join(sorted(SOLAR_EVENTS))}")
+        for value, low, high, what in ((lat, -90, 90, "latitude"), (lon, -180, 180, "longitude")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+                raise ScheduleError(f"solar {what} must be a number from {low} to {high}, not {value!r}")
+        self.event, self.lat, self.lon = event, float(lat), float(lon)
+        _ephem()  # refused now, not at the first tick, when the extra is missing
+
+    def _raw_next(self, after_ms: int) -> int:
+        if self.start_ms is not None and after_ms < self.start_ms:
+            after_ms = self.start_ms - 1
+        nxt = _solar_next(self.event, self.lat, self.lon, after_ms)
+        return MAX_TICK_MS + 1 if nxt is None else nxt
+
+    def first_after(self, now_ms: int) -> int | None:
+        return self.next_after(now_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": "solar", "event": self.event, "lat": self.lat, "lon": self.lon}
+        out.update(self._common_json())
+        return out
+
+    def human(self) -> str:
+        return f"solar {self.event} at {self.lat:g}, {self.lon:g}"
+
+
+def _ephem() -> Any:
+    try:
+        import ephem  # noqa: PLC0415 - the optional extra, loaded only for solar schedules
+    except ImportError:
+        raise ScheduleError("solar schedules need the 'ephem' package: pip install 'redbeat-safe[solar]'") from None
+    return ephem
+
+
+@lru_cache(maxsize=65536)
+def _solar_next(event: str, lat: float, lon: float, after_ms: int) -> int | None:
+    """The event's first time strictly after ``after_ms`` (ms), as Celery's solar computes
+    it (an observer at sea level, no refraction, the same horizons); None if it does not
+    occur within SOLAR_SEARCH_DAYS. A pure function of its arguments, so memoised: many
+    entries with one solar schedule cost one computation per tick."""
+    ephem = _ephem()
+    horizon, method, use_center = SOLAR_EVENTS[event]
+    cal = ephem.Observer()
+    cal.lat, cal.lon, cal.elev, cal.horizon, cal.pressure = str(lat), str(lon), 0, horizon, 0
+    sun = ephem.Sun()
+    kwargs = {"use_center": True} if use_center else {}
+    start = ephem.Date(ms_to_datetime(after_ms + 1).replace(tzinfo=None))  # strictly after the tick it follows
+    for _ in range(SOLAR_SEARCH_DAYS):
+        try:
+            found = getattr(cal, method)(sun, start=start, **kwargs)
+        except ephem.CircumpolarError:
+            start = cal.next_antitransit(sun, start=start)
+            continue
+        ms = int(round(found.datetime().replace(tzinfo=timezone.utc).timestamp() * 1000))
+        return ms if ms > after_ms else ms + 1
+    return None
+
+
 def _crontab_field(values: Any, full: range) -> str:
     chosen = sorted(int(v) for v in values)
     if chosen == list(full):
@@ -590,6 +736,10 @@ def from_celery(value: Any, relative: bool = False) -> Schedule:
         return pattern(" ".join(fields), day_and=True)
     if isinstance(value, cs.schedule) and type(value) is cs.schedule:
         return _relative(every(value.run_every), bool(relative or value.relative))
+    if isinstance(value, cs.solar):
+        return solar(value.event, value.lat, value.lon)
+    if isinstance(value, datetime):  # a clocked, one-off run (django-celery-beat's ClockedSchedule)
+        return at(value)
     if isinstance(value, str):
         raise ScheduleError(f"a string schedule is ambiguous; write pattern({value!r}) for a cron expression")
     raise ScheduleError(

@@ -48,7 +48,7 @@ LAYOUT = "1"
 #: within the misfire grace (lease + loop interval).
 SPLIT_WINDOW_MS = 5_000
 
-_SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune", "run")
+_SCRIPT_NAMES = ("snapshot", "upsert", "remove", "peek", "claim", "ack", "trigger", "register", "prune", "run", "sweep")
 #: Dispatches remembered per entry (its history list is trimmed to this).
 HISTORY_LENGTH = 100
 #: How long a script's answer is kept for a second run of the same call: far
@@ -107,6 +107,7 @@ class Keys:
         self.buffered = f"{tag}:buffered"  # hash: entry -> "<tick>:<entry>|<hold ms>", the one tick buffer_one keeps
         self.runstats = f"{tag}:runstats"  # hash: "<outcome>:<entry>" -> count (succeeded, failed, ..., skipped.<why>)
         self.lastok = f"{tag}:lastok"  # hash: entry -> when its last run succeeded (ms)
+        self.finished = f"{tag}:finished"  # zset: finished entry -> when it finished (ms): removed after the retention
         self.ledgers = f"{tag}:ledgers"  # zset: worker process with the run ledger -> until when it is known alive (ms)
         self._runs = f"{tag}:runs:"
         self._history = f"{tag}:history:"
@@ -668,7 +669,7 @@ class RedisStore:
             expected = "-" if it.expected_version is None else str(it.expected_version)
             args += [it.name, expected, it.definition, it.definition_hash, it.schedule_hash, it.source, nxt, "1" if it.enabled else "0",
                      "" if it.runs is None else it.runs, "" if it.last is None else it.last]
-        result = [_s(r) for r in self._call("upsert", [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside, k.wake], args)]
+        result = [_s(r) for r in self._call("upsert", [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside, k.wake, k.finished], args)]
         bad = [it.name for it, r in zip(items, result, strict=True) if r == "invalid"]
         if bad:
             raise ValueError(f"not a tick for {', '.join(map(repr, bad))}: nothing written for them")
@@ -679,6 +680,23 @@ class RedisStore:
         keys = [self._reply_key(), k.due, k.defs, k.state, k.static, k.aside, k.running, k.runlease, k.buffered, k.flight,
                 *(key for n in names for key in (k.history(n), k.runs(n)))]
         return int(self._call("remove", keys, [REPLY_TTL_MS, *names]))
+
+    def static_names(self) -> set[str]:
+        """The entries a ``beat_schedule`` declares (``{p}:static``)."""
+        return {_s(n) for n in self.client.smembers(self.keys.static)}
+
+    def sweep_finished(self, retention_ms: int, limit: int = 2000) -> list[str]:
+        """Remove up to ``limit`` entries that finished more than ``retention_ms`` ago (an
+        `at` that ran, an entry past its `end` or `limit`), with all their records. The
+        script checks each again: one changed meanwhile (resumed, rescheduled) stays."""
+        k = self.keys
+        now = self.now()
+        names = [_s(n) for n in self.client.zrangebyscore(k.finished, "-inf", now - retention_ms, start=0, num=limit)]
+        if not names:
+            return []
+        keys = [self._reply_key(), k.finished, k.due, k.defs, k.state, k.static, k.aside, k.running, k.runlease, k.buffered, k.flight,
+                *(key for n in names for key in (k.history(n), k.runs(n)))]
+        return [_s(n) for n in self._call("sweep", keys, [REPLY_TTL_MS, retention_ms, *names])]
 
     def definitions(self, names: Sequence[str]) -> list[bytes | None]:
         if not names:
@@ -867,7 +885,7 @@ class RedisStore:
             args += [it.name, it.score, it.version, mode, it.reason, it.skipped, it.overlap, it.hold_ms, it.skip_why, it.skip_from,
                      it.skip_to, len(it.ticks), *it.ticks]
         keys = [self._reply_key(), k.due, k.state, k.defs, k.inflight, k.flight, k.holder, k.aside, k.counters, k.seen,
-                k.running, k.runlease, k.buffered, k.runstats, *(k.runs(it.name) for it in items)]
+                k.running, k.runlease, k.buffered, k.runstats, k.finished, *(k.runs(it.name) for it in items)]
         return keys, args
 
     def ack(self, acks: Sequence[Ack], instance: str = "") -> None:

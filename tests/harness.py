@@ -150,8 +150,9 @@ class Broker:
 class Beat:
     """One real `celery beat` process running tests/beatapp.py."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], name: str, scheduler: str = "redbeat_safe.Scheduler", faketime: str | None = None) -> None:
-        self.workdir, self.env, self.name, self.scheduler = workdir, env, name, scheduler
+    def __init__(self, workdir: Path, env: dict[str, str], name: str, scheduler: str = "redbeat_safe.Scheduler", faketime: str | None = None,
+                 app: str = "beatapp") -> None:
+        self.workdir, self.env, self.name, self.scheduler, self.app = workdir, env, name, scheduler, app
         self.faketime = faketime
         self.log = workdir / f"beat-{name}-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -164,7 +165,7 @@ class Beat:
             env["LD_PRELOAD"] = faketime_library() or ""
             env["FAKETIME"] = self.faketime
             env["FAKETIME_NO_CACHE"] = "1"
-        cmd = [sys.executable, "-m", "celery", "-A", "beatapp", "beat", "-S", self.scheduler, "--loglevel", "INFO",
+        cmd = [sys.executable, "-m", "celery", "-A", self.app, "beat", "-S", self.scheduler, "--loglevel", "INFO",
                "--schedule", str(self.workdir / f"celerybeat-{self.name}"), *(extra or [])]
         self._fh = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)

@@ -3,7 +3,7 @@
 -- in flight under a lease (held by this instance), with a copy of the
 -- definition they were claimed under.
 -- KEYS: reply, due, state, defs, inflight, flight, holder, aside, counters, seen,
---       running, runlease, buffered, runstats, then one run-ledger key
+--       running, runlease, buffered, runstats, finished, then one run-ledger key
 --       (`{p}:runs:<entry>`) per entry, in the same order
 -- ARGV: reply ttl ms, instance id, lease ms, count, ledger length, ledger ttl ms,
 --       then per entry: name, expected next tick (exactly as peek returned it),
@@ -82,7 +82,7 @@ for i = 1, tonumber(ARGV[4]) do
   local k = tonumber(ARGV[b + 11])
   local first = b + 12
   b = first + k
-  local runs = KEYS[14 + i]
+  local runs = KEYS[15 + i]
   local score = redis.call('ZSCORE', KEYS[2], name)
   local code = 0
   if score and score == expected then
@@ -155,6 +155,7 @@ for i = 1, tonumber(ARGV[4]) do
         if mode == '' then
           redis.call('ZREM', KEYS[2], name)
           st.done = true
+          redis.call('ZADD', KEYS[15], now, name)  -- finished: removed after the retention (sweep.lua)
         else
           redis.call('ZADD', KEYS[2], mode, name)
         end

@@ -1,5 +1,5 @@
 -- Create or change entries, each as a compare-and-set on its definition version.
--- KEYS: reply, due, defs, state, static, aside, wake
+-- KEYS: reply, due, defs, state, static, aside, wake, finished
 -- ARGV: reply ttl ms, count, then per entry 10 values:
 --   name, expected version ('-' = must not exist, '!' = its state is not a
 --   valid record), definition JSON, definition hash, schedule hash, source
@@ -83,6 +83,7 @@ for i = 0, n - 1 do
       end
       redis.call('HSET', KEYS[3], name, def)
       redis.call('HSET', KEYS[4], name, encode_state(st))
+      if st.done then redis.call('ZADD', KEYS[8], 'NX', now, name) else redis.call('ZREM', KEYS[8], name) end
       redis.call('HDEL', KEYS[6], name)
       if src == 'static' then redis.call('SADD', KEYS[5], name) else redis.call('SREM', KEYS[5], name) end
     end
