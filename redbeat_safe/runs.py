@@ -181,12 +181,12 @@ class Ledger:
         except Exception as exc:  # noqa: BLE001 - Redis down, refused, or a bug: the tasks go on regardless
             STATS["failed_writes"] = STATS.get("failed_writes", 0) + len(batch)
             _log_failure(f"redbeat_safe.runs: could not record {len(batch)} event(s) ({type(exc).__name__}: {exc}); "
-                         "the tasks are not affected")
+                         "the tasks are not affected; said again in a minute if it goes on", key="send")
             return
         for e, reply in zip(batch, replies, strict=True):
             if isinstance(reply, Exception):
                 STATS["failed_writes"] = STATS.get("failed_writes", 0) + 1
-                _log_failure(f"redbeat_safe.runs: could not record {e.event} ({type(reply).__name__}: {reply})")
+                _log_failure(f"redbeat_safe.runs: could not record {e.event} ({type(reply).__name__}: {reply})", key="refused")
             else:
                 STATS[e.event] = STATS.get(e.event, 0) + 1
 
@@ -223,8 +223,8 @@ def stats() -> dict[str, int]:
     return dict(STATS)
 
 
-def _log_failure(message: str) -> None:
-    key = message.split("(", 1)[0]
+def _log_failure(message: str, key: str | None = None) -> None:
+    key = key or message.split("(", 1)[0]
     now = time.monotonic()
     if now - _last_logged.get(key, -_LOG_EVERY) >= _LOG_EVERY:
         _last_logged[key] = now

@@ -829,8 +829,11 @@ class RedisStore:
 
     def runs(self, name: str, limit: int = HISTORY_LENGTH) -> list[tuple[int, dict[str, Any]]]:
         """The entry's run ledger, newest tick first: (tick, record)."""
+        if limit <= 0:
+            return []
         try:
-            raw: list[Any] = self.client.zrevrange(self.keys.runs(name), 0, limit - 1, withscores=True)
+            # ZRANGE from the end, not ZREVRANGE: the documented read-only ACL grants ZRANGE
+            raw: list[Any] = self.client.zrange(self.keys.runs(name), -limit, -1, withscores=True)[::-1]
         except ResponseError:  # a key of another type (planted): no ledger to show
             return []
         out = []

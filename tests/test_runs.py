@@ -7,16 +7,19 @@ ledger's."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from conftest import BeatGroup, cli, make_app
 from harness import RedisServer, wait_for
 from redbeat_safe import Schedules
 from redbeat_safe.dispatch import task_id_for
+from redbeat_safe.metrics import cluster_registry
 
 LEDGER = {"BEAT_LEDGER": "1"}
 
@@ -67,6 +70,23 @@ def test_the_ledger_records_what_became_of_each_tick(beats: BeatGroup, redis_ser
     stats = {k.decode(): int(v) for k, v in redis_server.client().hgetall(f"{{{beats.prefix}}}:runstats").items()}
     assert stats.get("failed:bad", 0) >= 3 and stats.get("succeeded:ok", 0) >= 3, stats
     assert "Traceback" not in beat.output() and "redbeat_safe.runs: could not record" not in worker.output()
+    scrape = generate_latest(cluster_registry(s.store)).decode()  # the metrics carry it too
+    failed = re.search(r'redbeat_safe_runs_total\{entry="bad",outcome="failed"\} (\d+)', scrape)
+    assert failed and int(failed.group(1)) >= 3, scrape[-2000:]
+    age = re.search(r'redbeat_safe_entry_last_success_age_seconds\{entry="ok"\} ([0-9.e+-]+)', scrape)
+    assert age and float(age.group(1)) < 30
+
+
+def test_a_store_that_cannot_be_reached_never_fails_a_task(beats: BeatGroup, redis_server: RedisServer) -> None:
+    """The workers' ledger points at a Redis that is down: every task still runs and
+    succeeds, the failure is logged once (not per task), and the tasks never wait for it."""
+    schedule = {"ok": {"every": 0.5}}
+    worker = beats.worker(schedule, "w", concurrency=1, BEAT_LEDGER="1", BEAT_REDIS_URL="redis://127.0.0.1:1/0")
+    beats.start(schedule, "a")
+    wait_for(lambda: worker.output().count("succeeded in") >= 8, 40, what="tasks run while the ledger's Redis is down")
+    beats.stop_all()
+    out = worker.output()
+    assert "raised unexpected" not in out and out.count("redbeat_safe.runs: could not record") == 1, out[-3000:]
 
 
 @pytest.mark.slow
