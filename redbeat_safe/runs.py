@@ -12,7 +12,7 @@ or expired, with its duration (docs/runs.md).
 
 A task never waits for Redis: the signal handlers only note the event, and a thread
 of each worker process sends what is noted every ``FLUSH_EVERY`` seconds, in one
-round trip (``run.lua`` once per event, pipelined). Events of one run noted between
+round trip (``run.lua`` once per 200 events, pipelined). Events of one run noted between
 two flushes are merged (a run that started and ended in between is one call, carrying
 its start). So a Redis that is slow or down never slows or fails a task: what cannot
 be sent is logged (once a minute), counted in ``stats()`` and dropped, at most
@@ -194,23 +194,25 @@ class Ledger:
 def _merged(batch: list[_Event]) -> list[_Event]:
     """One run's events noted between two flushes, as few calls as say the same: a
     `received` or `started` followed by a final state becomes that final state, carrying
-    the start (the marker's `running` state is not needed for a run already over)."""
-    last: dict[tuple[str, int, str], _Event] = {}
-    out: list[_Event] = []
+    the start (the marker's `running` state is not needed for a run already over).
+    Linear in the batch: after an outage the writer may hold thousands."""
+    last: dict[tuple[str, int, str], int] = {}
+    out: list[_Event | None] = []
     for e in batch:
         key = (e.entry, e.tick, e.task_id)
-        prev = last.get(key)
+        at = last.get(key, -1)
+        prev = out[at] if at >= 0 else None
         if prev is not None and prev.event in ("received", "started") and e.event in _FINAL + ("retried",):
-            out.remove(prev)
+            out[at] = None
             if prev.event == "started":
                 e.started_ms = prev.at_ms
             elif prev.started_ms is not None:
                 e.started_ms = prev.started_ms
         elif prev is not None and prev.event == "received" and e.event == "started":
-            out.remove(prev)
-        last[key] = e
+            out[at] = None
+        last[key] = len(out)
         out.append(e)
-    return out
+    return [e for e in out if e is not None]
 
 
 STATS: dict[str, int] = {}

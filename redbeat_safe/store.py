@@ -57,6 +57,11 @@ REPLY_TTL_MS = 60_000
 #: How long a trigger request id is remembered: a caller retrying the same
 #: request within this time gets the same run, never a second one.
 REQUEST_TTL_MS = 24 * 3600 * 1000
+#: Events of the run ledger per run.lua call (a worker's batch is split into calls of
+#: this many, pipelined: each call holds Redis for well under a millisecond).
+RUN_BATCH = 200
+#: The keys every run.lua call names first (store.Keys attributes), in its order.
+_RUN_SHARED = ("running", "runlease", "buffered", "inflight", "holder", "wake", "runstats", "lastok", "state", "ledgers")
 #: Names read per snapshot call when listing every entry.
 READ_CHUNK = 500
 
@@ -798,16 +803,18 @@ class RedisStore:
     def run_event(self, entry: str, tick: int, task_id: str, event: str, worker: str, pid: int, lease_ms: int, exc: str = "",
                   at_ms: int | None = None, started_ms: int | None = None) -> bool:
         """One event of a run (the worker's ledger, run.lua): True if it was recorded."""
-        keys, args = self._run_call(entry, tick, task_id, event, worker, pid, lease_ms, exc, at_ms, started_ms)
-        return bool(self._call("run", keys, args))
+        keys, args = self._run_call([(entry, tick, task_id, event, worker, pid, lease_ms, exc, at_ms, started_ms)])
+        return bool(self._call("run", keys, args)[0])
 
     def run_events(self, events: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Several ``run_event`` calls (their arguments, in order) in one round trip: what a
-        worker's ledger thread sends. Each is the same script as alone; a reply that is an
-        error is returned in its place, not raised."""
+        """Several ``run_event`` calls (their arguments, in order) in one round trip, what a
+        worker's ledger thread sends: ``RUN_BATCH`` events a script run (one run costs
+        Redis and the worker far less than one per event), the runs pipelined. Per event
+        1/0 as ``run_event``; where a run's reply is an error, that error stands for each
+        of its events, returned, not raised."""
         script = self._scripts["run"]
         pipe = self._node().pipeline(transaction=False)
-        calls = [self._run_call(*e) for e in events]
+        calls = [self._run_call(events[i : i + RUN_BATCH]) for i in range(0, len(events), RUN_BATCH)]
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *map(_b, keys), *map(_b, args))
         replies: list[Any] = pipe.execute(raise_on_error=False)
@@ -816,15 +823,24 @@ class RedisStore:
             for i, (keys, args) in enumerate(calls):
                 if isinstance(replies[i], NoScriptError):
                     replies[i] = self._call("run", keys, args)
-        return replies
+        out: list[Any] = []
+        for (keys, _), reply in zip(calls, replies, strict=True):
+            n = len(keys) - len(_RUN_SHARED)
+            out.extend(reply if isinstance(reply, list) and len(reply) == n else [reply] * n)
+        return out
 
-    def _run_call(self, entry: str, tick: int, task_id: str, event: str, worker: str, pid: int, lease_ms: int, exc: str = "",
-                  at_ms: int | None = None, started_ms: int | None = None) -> tuple[list[str], list[Any]]:
+    def _run_call(self, events: Sequence[tuple[Any, ...]]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one run.lua call for these events (each the arguments of
+        ``run_event``: entry, tick, task id, event, worker, pid, lease ms[, exception
+        type, at ms, started ms])."""
         k = self.keys
-        keys = [k.runs(entry), k.running, k.runlease, k.buffered, k.inflight, k.holder, k.wake, k.runstats, k.lastok, k.state,
-                k.ledgers]
-        args = [entry, tick, task_id, event, worker, pid, lease_ms, exc, HISTORY_LENGTH, self.run_retention_ms,
-                "" if at_ms is None else at_ms, "" if started_ms is None else started_ms]
+        keys = [getattr(k, name) for name in _RUN_SHARED]
+        args: list[Any] = [HISTORY_LENGTH, self.run_retention_ms]
+        for e in events:
+            entry, tick, task_id, event, worker, pid, lease_ms, exc, at_ms, started_ms = (*e, "", None, None)[:10]
+            keys.append(k.runs(entry))
+            args += [entry, tick, task_id, event, worker, pid, lease_ms, exc, "" if at_ms is None else at_ms,
+                     "" if started_ms is None else started_ms]
         return keys, args
 
     def runs(self, name: str, limit: int = HISTORY_LENGTH) -> list[tuple[int, dict[str, Any]]]:

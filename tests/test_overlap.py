@@ -167,6 +167,33 @@ def test_an_event_recorded_twice_counts_once(redis_server: RedisServer, prefix: 
     assert store.run_event("e", T0 + 1000, "x", "started", "w", 1, RUN_LEASE) is False  # never backwards
 
 
+def test_a_batch_of_events_records_what_the_same_events_one_by_one_record_and_twice_changes_nothing(
+        redis_server: RedisServer, prefix: str) -> None:
+    """A worker's batch goes out as a few script runs of many events each: in order, the
+    same records as one call per event; sent again whole (a lost reply), nothing moves."""
+    ticks = [T0 + 1000 * i for i in range(1, 300)]  # more than one script run's worth (RUN_BATCH)
+    events: list[tuple[object, ...]] = []
+    for i, t in enumerate(ticks):
+        tid = task_id_for(prefix, "e", t)
+        events += [("e", t, tid, "received", "w", 1, RUN_LEASE, "", t + 1), ("e", t, tid, "started", "w", 1, RUN_LEASE, "", t + 2),
+                   ("e", t, tid, "failed" if i % 3 == 0 else "succeeded", "w", 1, RUN_LEASE, "ValueError" if i % 3 == 0 else "",
+                    t + 5)]
+    records = []
+    for one_by_one in (True, False):
+        fleet, store = _fleet(redis_server, f"{prefix}{int(one_by_one)}", "allow")
+        if one_by_one:
+            replies = [int(store.run_event(*e)) for e in events]  # type: ignore[arg-type]
+        else:
+            replies = store.run_events(events)
+            assert store.run_events(events) == [0] * len(events)  # the whole batch again: already recorded
+        assert replies == [1] * len(events)
+        records.append(store.runs("e", limit=1000))
+        stats = {k.decode(): int(v) for k, v in fleet.client.hgetall(fleet.keys.runstats).items()}
+        assert stats == {"failed:e": 100, "succeeded:e": 199}
+    assert records[0] == records[1] and len(records[0]) == 100  # kept: the latest HISTORY_LENGTH ticks
+    assert records[1][0][1]["ms"] == 3 and records[1][0][1]["state"] == "succeeded"
+
+
 def test_jitter_is_the_same_on_every_beat_and_spread_below_its_bound() -> None:
     offsets = [jitter_offset("p", f"e{i}", 1_800_000_000_000, 2000) for i in range(2000)]
     assert offsets == [jitter_offset("p", f"e{i}", 1_800_000_000_000, 2000) for i in range(2000)]

@@ -86,7 +86,10 @@ def test_a_store_that_cannot_be_reached_never_fails_a_task(beats: BeatGroup, red
     wait_for(lambda: worker.output().count("succeeded in") >= 8, 40, what="tasks run while the ledger's Redis is down")
     beats.stop_all()
     out = worker.output()
-    assert "raised unexpected" not in out and out.count("redbeat_safe.runs: could not record") == 1, out[-3000:]
+    assert "raised unexpected" not in out, out[-3000:]
+    said = re.findall(r"(\w+Process|ForkPoolWorker-\d+)\] redbeat_safe\.runs: could not record", out)
+    # once per process that writes (the main process notes `received`, the pool child the rest), not once per task
+    assert said and len(said) == len(set(said)) <= 2, out[-3000:]
 
 
 @pytest.mark.slow
