@@ -81,8 +81,12 @@ class Proc:
 def _other_code() -> str | None:
     """A folder holding only BENCH_CODE's redbeat_safe package (not its bench/ or tests/)."""
     code = os.environ.get("BENCH_CODE")
-    if not code:
-        return None
+    return code_shim(code) if code else None
+
+
+def code_shim(code: str) -> str:
+    """A folder holding only that checkout's redbeat_safe package, to put first on a
+    PYTHONPATH (a "before" row runs that code; bench/ stays this one)."""
     shim = Path(code).resolve() / ".bench-code"
     shim.mkdir(exist_ok=True)
     link = shim / "redbeat_safe"
