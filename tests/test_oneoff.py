@@ -97,6 +97,49 @@ def test_upsert_many_checks_everything_before_writing(redis_server: RedisServer,
     assert s.upsert_many([good], force=True) == {"created": 1}
 
 
+def test_two_large_upsert_many_calls_racing_over_the_same_names_leave_each_entry_whole(redis_server: RedisServer,
+                                                                                      prefix: str) -> None:
+    """Large calls write chunk k while chunk k+1 is read (a thread): two of them over the
+    same 3,000 names, with a third writer pausing some meanwhile. Every compare-and-set
+    that lost is read and decided again: each call accounts for every name, each entry
+    ends as one writer's whole definition, none damaged, each due at most once."""
+    import threading
+
+    base = datetime.now(UTC) + timedelta(hours=1)
+    names = [f"n{i:05d}" for i in range(3000)]
+
+    def items(tag: str) -> list[dict[str, Any]]:
+        return [{"name": n, "task": "t", "schedule": at(base + timedelta(seconds=i)), "args": [tag]} for i, n in enumerate(names)]
+
+    results: dict[str, dict[str, int]] = {}
+
+    def write(tag: str) -> None:
+        results[tag] = Schedules(make_app(redis_server, prefix)).upsert_many(items(tag))
+
+    def pause() -> None:
+        s = Schedules(make_app(redis_server, prefix))
+        for n in names[::50]:
+            try:
+                s.pause(n)
+            except KeyError:  # not written yet
+                pass
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in ("a", "b")] + [threading.Thread(target=pause)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert {t: sum(r.values()) for t, r in results.items()} == {"a": 3000, "b": 3000}, results
+    s = Schedules(make_app(redis_server, prefix))
+    listed = s.list()
+    assert sorted(e.name for e in listed) == names and not [e for e in listed if e.problem], [e for e in listed if e.problem][:3]
+    assert {tuple(e.args) for e in listed} <= {("a",), ("b",)}
+    due = s.store.client.zrange(s.store.keys.due, 0, -1)
+    assert len(due) == len(set(due)) <= 3000
+    again = Schedules(make_app(redis_server, prefix)).upsert_many(items("a"))
+    assert sum(again.values()) == 3000 and again.get("unchanged", 0) + again.get("updated", 0) + again.get("resumed", 0) == 3000
+
+
 def test_a_datetime_and_celerys_solar_in_a_beat_schedule() -> None:
     when = datetime(2027, 6, 1, 12, tzinfo=UTC)
     entry = from_beat_entry("clocked", {"task": "t", "schedule": when}, "UTC")
