@@ -117,6 +117,8 @@ def _check_routing(key: str, value: str, where: str) -> None:
         raise DefinitionError(f"{where}: option {key!r} {value!r:.80} contains a brace; braces mark redbeat_safe's keys and are refused")
     if value.startswith("_kombu.") or value in _KOMBU_KEYS:
         raise DefinitionError(f"{where}: option {key!r} {value!r:.80} is one of kombu's own Redis keys")
+    if value.isascii() and value.isprintable():  # the usual name: no character of those categories (fast path)
+        return
     bad = next((c for c in value if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
     if bad is not None:
         raise DefinitionError(f"{where}: option {key!r} contains the {_REFUSED_CATEGORIES[unicodedata.category(bad)]} U+{ord(bad):04X}")
@@ -133,6 +135,8 @@ def _check_text(value: Any, what: str, limit: int = MAX_NAME_LENGTH) -> str:
         raise DefinitionError(f"{what} is empty")
     if len(value) > limit:
         raise DefinitionError(f"{what} is {len(value)} characters long; the limit is {limit}")
+    if value.isascii() and value.isprintable():  # the usual name: no character of those categories (fast path)
+        return value
     bad = next((c for c in value if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
     if bad is not None:
         kind = _REFUSED_CATEGORIES[unicodedata.category(bad)]

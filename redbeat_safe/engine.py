@@ -52,7 +52,9 @@ logger = logging.getLogger("redbeat_safe")
 BATCH = 200
 #: How often a beat removes finished entries past their retention, and how many at most per call.
 SWEEP_EVERY = 30.0
-SWEEP_BATCH = 2000
+SWEEP_BATCH = 500  #: at most this many finished entries removed per call (Redis is busy ~15 ms)
+#: A sweep waits for a pass with nothing due, but never longer than this (s).
+SWEEP_LATEST = 120.0
 #: The overlap policies as the claim script names them ("" : allow).
 _OVERLAP = {"allow": "", "skip": "skip", "buffer_one": "buffer", "replace": "replace"}
 #: Why the misfire policy left ticks out, as the run ledger records it.
@@ -405,8 +407,9 @@ class Engine:
             return Pass(peek, [], lost=True, read_at=read_at)
         if peek.instances_expired:
             self._prune()
-        if self.settings.finished_retention_ms is not None and time.monotonic() >= self._sweep_at:
-            self._sweep()
+        if self.settings.finished_retention_ms is not None and time.monotonic() >= self._sweep_at and (
+                not peek.due or time.monotonic() >= self._sweep_at + SWEEP_LATEST):
+            self._sweep()  # housekeeping in a pass with nothing due: it never delays a tick
         return Pass(peek, self._plan(peek) if peek.due else [], read_at=read_at)
 
     def _sweep(self) -> None:
@@ -422,7 +425,7 @@ class Engine:
         if removed:
             logger.info("redbeat_safe: removed %d entries finished more than the retention ago", len(removed))
             if len(removed) >= SWEEP_BATCH:
-                self._sweep_at = 0.0  # more are waiting: the next pass goes on
+                self._sweep_at = time.monotonic()  # more are waiting: the next pass with nothing due goes on
 
     def finish(self, p: Pass) -> float:
         try:
