@@ -194,9 +194,9 @@ def test_stale_ticks_expire_and_fresh_ones_run_after_the_workers_return(beats: B
 
 @pytest.mark.slow
 def test_jitter_spreads_a_burst_and_keeps_ticks_and_ids(beats: BeatGroup, redis_server: RedisServer) -> None:
-    """300 entries due at the same instant with jitter=2s, two beats: published over about
+    """1,000 entries due at the same instant with jitter=2s, two beats: published over about
     2 s, each once, with the nominal tick and the derived task id."""
-    n = 300
+    n = 1000
     schedule = {f"j{i:03d}": {"pattern": "*/5 * * * * *", "jitter": 2} for i in range(n)}
     beats.start(schedule, "a", BEAT_STAMP="1")
     beats.start(schedule, "b", BEAT_STAMP="1")

@@ -33,40 +33,38 @@
 -- events sent one by one would.
 local now = now_ms()
 local keep, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
-local RUNNING, RUNLEASE, BUFFERED, INFLIGHT, HOLDER, WAKE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local RUNSTATS, LASTOK, STATE, LEDGERS = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
 local function one(runs, name, tick, id, event, worker, pid, lease, exc, at, started_at)
   if event == 'alive' then
-    redis.call('ZADD', LEDGERS, now + lease, worker)
-    redis.call('ZREMRANGEBYSCORE', LEDGERS, '-inf', now - 86400000)
+    redis.call('ZADD', KEYS[10], now + lease, worker)
+    redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now - 86400000)
     return 1
   end
   if not is_int(tick, 0, MAX_TICK) then return 0 end
 
-  local marker = marker_get(RUNNING, name, now)
+  local marker = marker_get(KEYS[1], name, now)
   local mine = marker ~= nil and marker.tick == tick and (marker.id == '' or marker.id == id)
 
   if event == 'heartbeat' then
     if mine and marker.state == 'running' then
       marker.deadline = now + lease
-      marker_set(RUNNING, RUNLEASE, name, marker)
+      marker_set(KEYS[1], KEYS[2], name, marker)
       return 1
     end
     return 0
   end
 
   if event == 'skipped' then
-    if redis.call('HEXISTS', STATE, name) == 0 then return 0 end
+    if redis.call('HEXISTS', KEYS[9], name) == 0 then return 0 end
     local rec, old = run_get(runs, tick)
     if rec.state then return 0 end  -- recorded already (a second run of the same call)
     local count = tonumber(pid) or 0
     run_put(runs, tick, {state = 'skipped', reason = worker, count = count, ['to'] = lease}, old, keep, retention)
-    add_count(RUNSTATS, 'skipped.' .. worker .. ':' .. name, count)
+    add_count(KEYS[7], 'skipped.' .. worker .. ':' .. name, count)
     return 1
   end
-  if redis.call('HEXISTS', STATE, name) == 0 then  -- removed: no ledger comes back
-    if mine then marker_clear(RUNNING, RUNLEASE, name) end
+  if redis.call('HEXISTS', KEYS[9], name) == 0 then  -- removed: no ledger comes back
+    if mine then marker_clear(KEYS[1], KEYS[2], name) end
     return 0
   end
 
@@ -92,23 +90,23 @@ local function one(runs, name, tick, id, event, worker, pid, lease, exc, at, sta
     rec.started = at
     -- a newer tick's marker (replace published it) is never overwritten by an older run
     if marker == nil or marker.tick <= tick then
-      marker_set(RUNNING, RUNLEASE, name, {tick = tick, state = 'running', id = id, deadline = now + lease})
+      marker_set(KEYS[1], KEYS[2], name, {tick = tick, state = 'running', id = id, deadline = now + lease})
     end
   elseif event == 'retried' then
     rec.retries = (tonumber(rec.retries) or 0) + 1
     if exc ~= '' then rec.exc = exc end
     if mine then  -- it runs again later: the entry stays busy, as if queued
-      marker_set(RUNNING, RUNLEASE, name, {tick = tick, state = 'queued', id = id, deadline = now + lease})
+      marker_set(KEYS[1], KEYS[2], name, {tick = tick, state = 'queued', id = id, deadline = now + lease})
     end
   else  -- a final state
     rec.finished = at
     if rec.started then rec.ms = math.max(0, at - rec.started) end
     if exc ~= '' then rec.exc = exc end
-    add_count(RUNSTATS, event .. ':' .. name, 1)
-    if event == 'succeeded' then redis.call('HSET', LASTOK, name, now) end  -- the server's clock: the metric's age
+    add_count(KEYS[7], event .. ':' .. name, 1)
+    if event == 'succeeded' then redis.call('HSET', KEYS[8], name, now) end  -- the server's clock: the metric's age
     if mine then
-      marker_clear(RUNNING, RUNLEASE, name)
-      release_buffered(BUFFERED, INFLIGHT, HOLDER, WAKE, RUNNING, RUNLEASE, name, now)
+      marker_clear(KEYS[1], KEYS[2], name)
+      release_buffered(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[1], KEYS[2], name, now)
     end
   end
   run_put(runs, tick, rec, old, keep, retention)
