@@ -54,7 +54,7 @@ BATCH = 200
 SWEEP_EVERY = 30.0
 SWEEP_BATCH = 500  #: at most this many finished entries removed per call (Redis is busy ~15 ms)
 #: A sweep waits for a pass with nothing due, but never longer than this (s).
-SWEEP_LATEST = 120.0
+SWEEP_LATEST = 10.0
 #: The overlap policies as the claim script names them ("" : allow).
 _OVERLAP = {"allow": "", "skip": "skip", "buffer_one": "buffer", "replace": "replace"}
 #: Why the misfire policy left ticks out, as the run ledger records it.

@@ -169,11 +169,13 @@ def upsert(
     def settle(pending: Mapping[str, EntryDef], items: list[UpsertItem], outcomes: dict[str, str], ok: list[bool]) -> None:
         """Record the writes that won; the ones a concurrent change beat are read and
         decided again, up to ATTEMPTS times in all."""
-        for _ in range(ATTEMPTS):
+        for attempt in range(1, ATTEMPTS + 1):
             results.update({it.name: outcomes[it.name] for it, won in zip(items, ok, strict=True) if won})
             pending = {it.name: pending[it.name] for it, won in zip(items, ok, strict=True) if not won}
             if not pending:
                 return
+            if attempt == ATTEMPTS:
+                break
             items, outcomes = decide(pending)
             ok = store.upsert(items) if items else []
         raise RuntimeError(f"could not write {', '.join(sorted(pending))}: changed concurrently {ATTEMPTS} times in a row")
@@ -189,14 +191,17 @@ def upsert(
     # between chunks: the writes never race each other). A third of the time for 1M.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="redbeat_safe-upsert") as writer:
         previous: tuple[Mapping[str, EntryDef], list[UpsertItem], dict[str, str], Future[list[bool]]] | None = None
-        for pending in chunks:
-            items, outcomes = decide(pending)
+        try:
+            for pending in chunks:
+                items, outcomes = decide(pending)
+                if previous is not None:
+                    done, previous = previous, None
+                    settle(done[0], done[1], done[2], done[3].result())
+                written: Future[list[bool]] = writer.submit(store.upsert, items) if items else _done([])
+                previous = (pending, items, outcomes, written)
+        finally:  # also when reading the next chunk failed: the write in flight is settled (its error raised)
             if previous is not None:
                 settle(previous[0], previous[1], previous[2], previous[3].result())
-            written: Future[list[bool]] = writer.submit(store.upsert, items) if items else _done([])
-            previous = (pending, items, outcomes, written)
-        if previous is not None:
-            settle(previous[0], previous[1], previous[2], previous[3].result())
     return results
 
 

@@ -109,12 +109,13 @@ class Ledger:
         """Note an event for the writer thread (and a run that started or ended, under the
         same lock: this runs once per task state); never blocks on Redis, never raises."""
         with self._cond:
+            # first: a forked pool child starts afresh (its first note is often a start)
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._start()
             if started is not None:
                 self._running[started.task_id] = started
             if ended is not None:
                 self._running.pop(ended, None)
-            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
-                self._start()
             if len(self._pending) >= MAX_PENDING:
                 del self._pending[0]
                 STATS["dropped"] = STATS.get("dropped", 0) + 1

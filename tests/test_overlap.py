@@ -94,6 +94,31 @@ def test_buffer_one_keeps_one_tick_and_releases_it_when_the_run_ends(redis_serve
     assert fleet.ticks("e") == [first, T0 + 2000]
 
 
+def test_a_run_longer_than_the_ledger_keeps_still_ends_once_and_frees_its_entry(redis_server: RedisServer,
+                                                                               prefix: str) -> None:
+    """buffer_one, a run that outlasts 100 ticks (the ledger keeps the latest 100, so its
+    own record is trimmed): its end still clears the marker, releases the buffered tick
+    and counts once; the same end sent again counts nothing more."""
+    fleet, store = _fleet(redis_server, prefix, "buffer_one")
+    a = fleet.engine("a")
+    a.register()
+    fleet.clock.set(T0)
+    _step(fleet, a)
+    first = T0 + 1000
+    tid = task_id_for(prefix, "e", first)
+    store.run_event("e", first, tid, "started", "w", 1, 3_600_000)
+    for _ in range(110):  # skipped ticks fill the ledger: the run's own record is trimmed away
+        _step(fleet, a)
+    assert first not in dict(store.runs("e", 1000))
+    assert fleet.ticks("e") == [first]
+    assert store.run_event("e", first, tid, "succeeded", "w", 1, RUN_LEASE) is True
+    run_until_idle(a)
+    assert fleet.ticks("e") == [first, T0 + 2000]  # the buffered tick went out when the run ended
+    assert store.run_event("e", first, tid, "succeeded", "w", 1, RUN_LEASE) is False  # a retry: nothing more
+    assert int(fleet.client.hget(fleet.keys.runstats, "succeeded:e")) == 1
+    assert fleet.client.hget(fleet.keys.lastok, "e") is not None
+
+
 def test_replace_publishes_the_new_tick_and_revokes_the_running_one(redis_server: RedisServer, prefix: str) -> None:
     fleet, store = _fleet(redis_server, prefix, "replace", terminate=True)
     a = fleet.engine("a")

@@ -28,9 +28,10 @@
 -- set, refreshed or cleared for this very run (same tick and task id), so the
 -- same events applied twice leave what they left once. Each event returns 0 the
 -- second time: "already recorded". A record trimmed away meanwhile (a ledger keeps
--- the latest `keep` ticks) is not written again: an event for a tick older than all
--- a full ledger keeps is left out. A batch applies its events in order, as the same
--- events sent one by one would.
+-- the latest `keep` ticks) gives no such memory, so an event for a tick older
+-- than all a full ledger keeps is applied only for the run the marker holds (whose end
+-- clears it: a second run of it does not). A batch applies its events in order,
+-- as the same events sent one by one would.
 local now = now_ms()
 local keep, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
 
@@ -69,10 +70,14 @@ local function one(runs, name, tick, id, event, worker, pid, lease, exc, at, sta
   end
 
   local rec, old = run_get(runs, tick)
-  if old == nil then
-    -- no record: a tick older than every one a full ledger keeps would be trimmed at
-    -- once, and a second run of its final event (its record trimmed meanwhile) would
-    -- count it twice: left out, with its count
+  if old == nil and not mine then
+    -- an event with no record, for a tick older than every one a full ledger keeps, and
+    -- not of the run the marker holds: its record was trimmed (the run outlasted `keep`
+    -- ticks), so this is a second run of events already applied (the first end cleared
+    -- the marker and counted the run), or a run of the entry that another has replaced.
+    -- Left out, so a retry never counts a run twice or sets a marker again. The marker's
+    -- own run always goes on: its start, a retry, its end, which clears the marker,
+    -- releases a buffered tick and counts once.
     local oldest = redis.call('ZRANGE', runs, -keep, -keep, 'WITHSCORES')
     if oldest[2] and tonumber(oldest[2]) > tick then return 0 end
   end
