@@ -6,6 +6,7 @@ no policy applied while no worker keeps the ledger."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,16 @@ def _fleet(redis_server: RedisServer, prefix: str, overlap: str, **extra: object
 def _step(fleet: Fleet, engine: object, ms: int = 1000) -> None:
     fleet.clock.advance(ms)
     run_until_idle(engine)  # type: ignore[arg-type]
+
+
+def _first_published(redis_server: RedisServer, prefix: str, overlap: str) -> tuple[Fleet, RedisStore, Any, int]:
+    """One engine, registered, that has just published the entry's first tick (T0+1000)."""
+    fleet, store = _fleet(redis_server, prefix, overlap)
+    a = fleet.engine("a")
+    a.register()
+    fleet.clock.set(T0)
+    _step(fleet, a)
+    return fleet, store, a, T0 + 1000
 
 
 def _runs(store: RedisStore) -> dict[int, str]:
@@ -74,12 +85,7 @@ def test_two_beats_never_both_let_a_tick_through(redis_server: RedisServer, pref
 
 
 def test_buffer_one_keeps_one_tick_and_releases_it_when_the_run_ends(redis_server: RedisServer, prefix: str) -> None:
-    fleet, store = _fleet(redis_server, prefix, "buffer_one")
-    a = fleet.engine("a")
-    a.register()
-    fleet.clock.set(T0)
-    _step(fleet, a)
-    first = T0 + 1000
+    fleet, store, a, first = _first_published(redis_server, prefix, "buffer_one")
     store.run_event("e", first, task_id_for(prefix, "e", first), "started", "w", 1, RUN_LEASE)
     _step(fleet, a)  # T0+2000: buffered
     _step(fleet, a)  # T0+3000: skipped, one is buffered already
@@ -99,12 +105,7 @@ def test_a_run_longer_than_the_ledger_keeps_still_ends_once_and_frees_its_entry(
     """buffer_one, a run that outlasts 100 ticks (the ledger keeps the latest 100, so its
     own record is trimmed): its end still clears the marker, releases the buffered tick
     and counts once; the same end sent again counts nothing more."""
-    fleet, store = _fleet(redis_server, prefix, "buffer_one")
-    a = fleet.engine("a")
-    a.register()
-    fleet.clock.set(T0)
-    _step(fleet, a)
-    first = T0 + 1000
+    fleet, store, a, first = _first_published(redis_server, prefix, "buffer_one")
     tid = task_id_for(prefix, "e", first)
     store.run_event("e", first, tid, "started", "w", 1, 3_600_000)
     for _ in range(110):  # skipped ticks fill the ledger: the run's own record is trimmed away
@@ -138,12 +139,7 @@ def test_replace_publishes_the_new_tick_and_revokes_the_running_one(redis_server
 
 def test_a_marker_whose_lease_runs_out_frees_the_entry(redis_server: RedisServer, prefix: str) -> None:
     """A worker SIGKILLed mid-run stops refreshing: one lease later the entry goes on."""
-    fleet, store = _fleet(redis_server, prefix, "skip")
-    a = fleet.engine("a")
-    a.register()
-    fleet.clock.set(T0)
-    _step(fleet, a)
-    first = T0 + 1000
+    fleet, store, a, first = _first_published(redis_server, prefix, "skip")
     store.run_event("e", first, task_id_for(prefix, "e", first), "started", "w", 1, RUN_LEASE)  # then the worker dies
     for _ in range(4):
         _step(fleet, a)
