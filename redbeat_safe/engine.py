@@ -26,7 +26,7 @@ from . import __version__, registry
 from .catchup import Plan, plan
 from .config import Settings
 from .definitions import DefinitionError, EntryDef
-from .dispatch import jitter_offset, task_id_for
+from .dispatch import expiry_ms, jitter_offset, task_id_for
 from .schedules import iso
 from .store import (
     ASIDE,
@@ -632,7 +632,9 @@ class Engine:
                 if peek.ledgers > 0:
                     self._no_ledger.discard(d.name)
                     item.overlap = overlap
-                    item.hold_ms = s.queue_lease_ms if sched.expires_after_ms is None else sched.expires_after_ms + s.run_lease_ms
+                    # a tick whose message expires (its own expires_after or the default) cannot run after that
+                    expiry = expiry_ms(entry, s.expires_after)
+                    item.hold_ms = s.queue_lease_ms if expiry is None else expiry + s.run_lease_ms
                 elif d.name not in self._no_ledger and len(self._no_ledger) < _REPORT_LIMIT:
                     # nothing would ever report a run: the policy would hold the entry for nothing
                     self._no_ledger.add(d.name)

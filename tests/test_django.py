@@ -136,3 +136,28 @@ print(json.dumps(out))
     assert status == 200 and "nightly" in page and 'href="/schedules/entry/nightly"' in page, page[:2000]
     status, location, _ = out["False"]
     assert status == 302 and "/admin/login/" in location
+
+
+def test_backend_cleanup_is_left_out_without_a_refusal_and_a_spent_one_off_is_paused(beats: BeatGroup, tmp_path: Path) -> None:
+    """django-celery-beat writes `celery.backend_cleanup` itself: every project's dump has
+    it, so it must not make each import exit 2. A one_off interval that ran is paused."""
+    dump = [
+        {"model": "django_celery_beat.intervalschedule", "pk": 1, "fields": {"every": 1, "period": "hours"}},
+        {"model": "django_celery_beat.crontabschedule", "pk": 1,
+         "fields": {"minute": "0", "hour": "4", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*", "timezone": "UTC"}},
+        {"model": "django_celery_beat.periodictask", "pk": 1,
+         "fields": {"name": "celery.backend_cleanup", "task": "celery.backend_cleanup", "crontab": 1, "enabled": True}},
+        {"model": "django_celery_beat.periodictask", "pk": 2,
+         "fields": {"name": "once-hourly", "task": "djangoproj.record", "interval": 1, "one_off": True, "enabled": True,
+                    "total_run_count": 1, "last_run_at": "2026-12-01T10:00:00Z"}},
+    ]
+    (tmp_path / "dump.json").write_text(json.dumps(dump))
+    env = _env(beats, tmp_path / "unused.sqlite3")
+    done = _run(env, "-m", "celery", "-A", "djangoproj.celery_app", "schedules", "import-django-celery-beat", "dump.json", "--json",
+                cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    report = json.loads(done.stdout)
+    assert report["refused"] == {} and set(report["skipped"]) == {"celery.backend_cleanup"}
+    assert report["results"] == {"once-hourly": "created"} and "paused (a one_off that ran already)" in report["details"]["once-hourly"]
+    shown = _run(env, "-m", "celery", "-A", "djangoproj.celery_app", "schedules", "show", "once-hourly", "--json", cwd=tmp_path)
+    assert json.loads(shown.stdout)["enabled"] is False

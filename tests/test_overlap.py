@@ -120,6 +120,21 @@ def test_a_run_longer_than_the_ledger_keeps_still_ends_once_and_frees_its_entry(
     assert fleet.client.hget(fleet.keys.lastok, "e") is not None
 
 
+def test_a_tick_that_expires_by_the_default_frees_its_entry_after_that_expiry(redis_server: RedisServer, prefix: str) -> None:
+    """overlap=skip, no worker ever starts the tick, and its message expires after 2 s by
+    `redbeat_safe_expires_after` (not its own expires_after): the entry counts as busy for
+    that expiry plus the run lease, not for the hour-long queue lease."""
+    fleet, store = _fleet(redis_server, prefix, "skip")
+    fleet.settings = fleet.settings.__class__(**{**fleet.settings.__dict__, "expires_after": 2000})
+    a = fleet.engine("a")
+    a.register()
+    fleet.clock.set(T0)
+    for _ in range(12):
+        _step(fleet, a)
+    # published at T0+1000, held for 2 s + the 5 s run lease, then free: T0+8000 goes out (before the fix: none for 1 h)
+    assert fleet.ticks("e")[:2] == [T0 + 1000, T0 + 8000], fleet.ticks("e")
+
+
 def test_replace_publishes_the_new_tick_and_revokes_the_running_one(redis_server: RedisServer, prefix: str) -> None:
     fleet, store = _fleet(redis_server, prefix, "replace", terminate=True)
     a = fleet.engine("a")

@@ -54,13 +54,15 @@ class Report:
     results: dict[str, str] = field(default_factory=dict)  #: name -> created/updated/unchanged/...
     refused: dict[str, str] = field(default_factory=dict)  #: name -> why it was not imported
     details: dict[str, str] = field(default_factory=dict)  #: name -> what it became (schedule, next tick, notes)
+    skipped: dict[str, str] = field(default_factory=dict)  #: name -> why it needs no entry (not a refusal)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"results": self.results, "refused": self.refused, "details": self.details}
+        return {"results": self.results, "refused": self.refused, "details": self.details, "skipped": self.skipped}
 
     def rows(self) -> list[tuple[str, str]]:
         done = [(k, v + (f": {self.details[k]}" if k in self.details else "")) for k, v in sorted(self.results.items())]
-        return done + [(k, f"REFUSED: {v}") for k, v in sorted(self.refused.items())]
+        return (done + [(k, f"not imported: {v}") for k, v in sorted(self.skipped.items())]
+                + [(k, f"REFUSED: {v}") for k, v in sorted(self.refused.items())])
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -225,9 +227,12 @@ def convert(row: Mapping[str, Any], tz: str, now_ms: int) -> tuple[EntryDef, Res
         notes.append("its description is not kept")
     if isinstance(s, at) and runs:
         notes.append("it ran already: imported finished")
-    enabled = bool(row.get("enabled", True)) and not (row.get("one_off") and runs > 0 and not isinstance(s, at))
+    spent = bool(row.get("one_off")) and runs > 0 and not isinstance(s, at)  # a one-off that ran: kept, paused
+    enabled = bool(row.get("enabled", True)) and not spent
     if not row.get("enabled", True):
         notes.append("paused (disabled in django-celery-beat)")
+    elif spent:
+        notes.append("paused (a one_off that ran already)")
     return entry, Restore(next=nxt, runs=runs, last=last_ms if runs else None, enabled=enabled), notes
 
 
@@ -238,8 +243,8 @@ def import_rows(store: RedisStore, rows: Iterable[Mapping[str, Any]], tz: str, d
     entries, restore, notes = [], {}, {}
     for row in rows:
         name = str(row.get("name"))
-        if name == BACKEND_CLEANUP:
-            report.refused[name] = "Celery's own result clean-up: beats install it themselves when results expire"
+        if name == BACKEND_CLEANUP:  # django-celery-beat writes this row itself: nothing to fix, no refusal
+            report.skipped[name] = "Celery's own result clean-up: beats install it themselves when results expire"
             continue
         try:
             entry, rest, said = convert(row, tz, now)
