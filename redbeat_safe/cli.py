@@ -147,6 +147,15 @@ def _zone(name: str) -> ZoneInfo:
         raise Failure(2, f"--tz: {exc}") from None
 
 
+def _entry_shown(ctx: click.Context, name: str, show_tz: str | None) -> tuple[Schedules, Entry, ZoneInfo]:
+    """The API, an existing entry (else EntryNotFound) and the zone to show its times in."""
+    api = _api(ctx)
+    e = api.get(name)
+    if e is None:
+        raise EntryNotFound(name)
+    return api, e, _shown_zone(e, show_tz, api.settings.timezone)
+
+
 def _shown_zone(e: Entry | None, tz: str | None, app_zone: str) -> ZoneInfo:
     """Where an entry's times are shown: ``--tz`` if given, else the entry's own zone
     (a pattern's ``tz``; the app's ``timezone`` for an interval)."""
@@ -490,11 +499,7 @@ def trigger_(ctx: click.Context, name: str, request_id: str | None, as_json: boo
 def history(ctx: click.Context, name: str, limit: int, show_tz: str | None, as_json: bool) -> None:
     """The latest dispatches of an entry: nominal tick (in its zone, with the UTC offset),
     task id, instance, how late it was published."""
-    api = _api(ctx)
-    e = api.get(name)
-    if e is None:
-        raise EntryNotFound(name)
-    zone = _shown_zone(e, show_tz, api.settings.timezone)
+    api, e, zone = _entry_shown(ctx, name, show_tz)
     rows = api.history(name, limit)
     table = [(_at(d.tick, zone, "milliseconds"), d.kind, d.task_id, d.instance,
               f"{(_ms(d.published_at) or 0) - d.tick_ms:+d} ms", d.outcome_text()) for d in rows]
@@ -512,11 +517,7 @@ def history(ctx: click.Context, name: str, limit: int, show_tz: str | None, as_j
 def why(ctx: click.Context, name: str, limit: int, show_tz: str | None, as_json: bool) -> None:
     """What became of each recent tick, in one line: published (by whom, how late),
     re-published, triggered, the run's outcome, or skipped and why."""
-    api = _api(ctx)
-    e = api.get(name)
-    if e is None:
-        raise EntryNotFound(name)
-    zone = _shown_zone(e, show_tz, api.settings.timezone)
+    api, e, zone = _entry_shown(ctx, name, show_tz)
     rows = api.why(name, limit)
     _emit(as_json, [r.as_dict() for r in rows],
           lambda: "\n".join(f"{_at(r.tick, zone, 'milliseconds')}  {_shown(r.detail)}" for r in rows) if rows else "no ticks yet")
@@ -531,11 +532,7 @@ def why(ctx: click.Context, name: str, limit: int, show_tz: str | None, as_json:
 @_handled
 def next_(ctx: click.Context, name: str, count: int, show_tz: str | None, as_json: bool) -> None:
     """Preview the next ticks of an entry, from its stored next tick (local time and UTC)."""
-    api = _api(ctx)
-    e = api.get(name)
-    if e is None:
-        raise EntryNotFound(name)
-    zone = _shown_zone(e, show_tz, api.settings.timezone)
+    api, e, zone = _entry_shown(ctx, name, show_tz)
     if e.problem or e.schedule is None:
         raise Failure(1, f"{_shown(name)!r} is damaged: {_shown(e.problem)}")
     ticks: list[int] = []

@@ -78,7 +78,7 @@ WOULD = {"created": "would create", "updated": "would update", "paused": "would 
          "adopted": "would adopt", "repaired": "would repair", "unchanged": "unchanged"}
 
 
-def _write(store: RedisStore, entries: list[EntryDef], sources: dict[str, str], restore: dict[str, Restore],
+def write_entries(store: RedisStore, entries: list[EntryDef], sources: dict[str, str], restore: dict[str, Restore],
            dry_run: bool = False) -> dict[str, str]:
     """Write (or, ``dry_run``, decide without writing) the entries; a dry run reports
     what the real run would report now ("would create", "unchanged", ...)."""
@@ -197,7 +197,7 @@ def import_export(store: RedisStore, data: Any, dry_run: bool = False, force: bo
     if not force:
         _refuse_static_changes(store, entries, sources, restore)
     report = Report()
-    report.results = _write(store, entries, sources, restore, dry_run)
+    report.results = write_entries(store, entries, sources, restore, dry_run)
     return report
 
 
@@ -208,7 +208,7 @@ def _refuse_static_changes(store: RedisStore, entries: list[EntryDef], sources: 
     static = [e for e in entries if (st := found[e.name].state) is not None and st.source == "static"]
     if not static:
         return
-    would = _write(store, static, sources, restore, dry_run=True)
+    would = write_entries(store, static, sources, restore, dry_run=True)
     changed = sorted(e.name for e in static if would.get(e.name) != "unchanged")
     if changed:
         names = f"{', '.join(map(repr, changed[:20]))}{' and more' if len(changed) > 20 else ''}"
@@ -286,7 +286,7 @@ def import_redbeat(store: RedisStore, source: redis.Redis, prefix: str, tz: str,
             continue
         entries.append(entry)
         restore[entry.name] = rest
-    report.results = _write(store, entries, {e.name: "api" for e in entries}, restore, dry_run)
+    report.results = write_entries(store, entries, {e.name: "api" for e in entries}, restore, dry_run)
     for e in entries:  # what the outcome alone does not say: the schedule, the next tick, a paused import
         rest = restore[e.name]
         if report.results[e.name] in ("created", "would create"):

@@ -30,19 +30,17 @@ from typing import Any
 
 from celery import schedules as cs
 
-from .. import registry
 from ..definitions import DefinitionError, EntryDef, build
 from ..registry import Restore
 from ..schedules import ScheduleError, at, every, ms_to_datetime, solar, to_ms
 from ..store import RedisStore
+from ..transfer import write_entries
 
 APP = "django_celery_beat"
 #: Celery's own result clean-up, which django-celery-beat adds as a row: beats install it themselves.
 BACKEND_CLEANUP = "celery.backend_cleanup"
 _PERIODS = ("days", "hours", "minutes", "seconds", "microseconds")
 _OPTION_FIELDS = ("queue", "exchange", "routing_key")
-WOULD = {"created": "would create", "updated": "would update", "paused": "would pause", "resumed": "would resume",
-         "unchanged": "unchanged", "repaired": "would repair", "adopted": "would adopt"}
 
 
 class Refused(ValueError):
@@ -256,12 +254,7 @@ def import_rows(store: RedisStore, rows: Iterable[Mapping[str, Any]], tz: str, d
             continue
         entries.append(entry)
         restore[entry.name], notes[entry.name] = rest, said
-    results: dict[str, str] = {}
-    for enabled in (True, False):
-        group = [e for e in entries if restore[e.name].enabled is enabled]
-        if group:
-            results.update(registry.upsert(store, group, "api", enabled=enabled, restore=restore, dry_run=dry_run))
-    report.results = {n: WOULD.get(o, o) for n, o in results.items()} if dry_run else results
+    report.results = write_entries(store, entries, {e.name: "api" for e in entries}, restore, dry_run)
     for e in entries:
         rest = restore[e.name]
         when = "no next tick (finished)" if rest.next is None else f"next {ms_to_datetime(rest.next).isoformat(timespec='seconds')}"
